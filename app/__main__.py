@@ -1,0 +1,5 @@
+import sys
+
+from app.local import main
+
+sys.exit(main())

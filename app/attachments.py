@@ -1,0 +1,118 @@
+"""Check uploaded files against a service's limits and give each the name and type the email shows."""
+from __future__ import annotations
+
+import codecs
+import mimetypes
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import IO
+
+import filetype
+
+from app.errors import (
+    ATTACHMENTS_TOO_LARGE,
+    BAD_FILE_NAME,
+    FILE_TYPE_NOT_ALLOWED,
+    TOO_MANY_FILES,
+    Problem,
+)
+from app.form import CHUNK, Upload
+from app.options import ServiceOptions
+
+FILE_FIELDS = ("files", "files[]")
+MAX_NAME = 200
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+MIME_TYPES = {
+    "pdf": "application/pdf",
+    "doc": "application/msword",
+    "txt": "text/plain",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "zip": "application/zip",
+}
+# Extensions whose format has a signature, and the filetype matcher that knows it.
+SIGNATURES = {ext: ("jpg" if ext == "jpeg" else ext) for ext in ("pdf", "png", "jpg", "jpeg", "gif", "bmp", "zip", "doc")}
+
+
+@dataclass
+class Attachment:
+    """A file as the email carries it."""
+
+    filename: str
+    content_type: str
+    stream: IO[bytes]
+    size: int
+
+
+def clean_name(raw: str, position: int) -> tuple[str, str]:
+    """The name shown in the email and its lower-case extension ("" when it has none)."""
+    name = unicodedata.normalize("NFC", re.split(r"[/\\]", raw)[-1]).replace('"', "").strip()
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    if not stem.strip(". "):
+        return (f"attachment-{position}.{ext}" if ext else f"attachment-{position}"), ext.lower()
+    if len(name) > MAX_NAME:
+        name = stem[: max(MAX_NAME - len(ext) - 1, 1)] + "." + ext if ext else name[:MAX_NAME]
+    return name, ext.lower()
+
+
+def _is_text(stream: IO[bytes]) -> bool:
+    for encoding in ("utf-8", "cp1252"):
+        decoder = codecs.getincrementaldecoder(encoding)()
+        stream.seek(0)
+        try:
+            while chunk := stream.read(CHUNK):
+                if b"\0" in chunk:
+                    return False
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+            return True
+        except UnicodeDecodeError:
+            continue
+        finally:
+            stream.seek(0)
+    return False
+
+
+def content_matches(ext: str, stream: IO[bytes]) -> bool:
+    """Whether the bytes are what the extension claims, for the formats that can be told."""
+    if ext == "txt":
+        return _is_text(stream)
+    if ext not in SIGNATURES:
+        return True
+    head = stream.read(8192)
+    stream.seek(0)
+    return bool(filetype.get_type(ext=SIGNATURES[ext]).match(head))
+
+
+def check_attachments(uploads: list[Upload], service: ServiceOptions) -> tuple[list[Attachment], list[Problem]]:
+    """The attachments of a form's file parts, and every problem with them."""
+    uploads = [u for u in uploads if u.field in FILE_FIELDS]
+    problems = []
+    if len(uploads) > service.max_files:
+        problems.append(Problem(TOO_MANY_FILES, f"At most {service.max_files} files may be attached.",
+                                field="files", advice=service.max_files))
+    if sum(u.size for u in uploads) > service.max_size:
+        problems.append(Problem(ATTACHMENTS_TOO_LARGE, f"The attachments may take at most {service.max_size} bytes.",
+                                field="files", advice=service.max_size))
+    attachments = []
+    for position, upload in enumerate(uploads, start=1):
+        if CONTROL.search(upload.filename):
+            problems.append(Problem(BAD_FILE_NAME, f"File {position}'s name holds a control character.", field="files"))
+            continue
+        name, ext = clean_name(upload.filename, position)
+        if ext not in service.file_types:
+            allowed = ", ".join(service.file_types)
+            problems.append(Problem(FILE_TYPE_NOT_ALLOWED, f'The file "{name}" is not of an allowed type ({allowed}).',
+                                    field="files"))
+        elif service.check_file_content and not content_matches(ext, upload.stream):
+            problems.append(Problem(FILE_TYPE_NOT_ALLOWED, f'The file "{name}" is not a valid .{ext} file.', field="files"))
+        else:
+            content_type = MIME_TYPES.get(ext) or mimetypes.guess_type(f"x.{ext}")[0] or "application/octet-stream"
+            attachments.append(Attachment(name, content_type, upload.stream, upload.size))
+    return attachments, problems

@@ -1,0 +1,146 @@
+"""Hand a composed email to the SMTP relay, and say what each way of failing means for the client."""
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+from dataclasses import dataclass
+
+from app.errors import (
+    ATTACHMENTS_TOO_LARGE,
+    DELIVERY_REFUSED,
+    INVALID_FROM_ADDRESS,
+    INVALID_MAILBOX,
+    PermanentDeliveryError,
+    Problem,
+    TransientDeliveryError,
+)
+from app.options import SmtpOptions
+
+RETRY_LATER = "The message could not be delivered now; please try again later."
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The SMTP envelope; `customer_sender` when MAIL FROM is the customer's own address."""
+
+    mail_from: str
+    rcpt_to: str
+    customer_sender: bool
+    max_size: int  # the service's limit, the advice given when the relay answers 552
+
+
+def _refusal(stage: str, code: int, envelope: Envelope) -> Exception:
+    """The error for a reply `code` other than the expected one at `stage`."""
+    if 400 <= code < 500:
+        return TransientDeliveryError(RETRY_LATER, code)
+    if code == 552:
+        problem = Problem(ATTACHMENTS_TOO_LARGE, "The message is larger than the mail server accepts.",
+                          advice=envelope.max_size)
+        return PermanentDeliveryError(problem, code, 400)
+    if 500 <= code < 600 and stage == "RCPT":
+        problem = Problem(INVALID_MAILBOX, "The mail server refused the mailbox.", field="mailbox")
+        return PermanentDeliveryError(problem, code, 400)
+    if 500 <= code < 600 and stage == "MAIL" and envelope.customer_sender:
+        problem = Problem(INVALID_FROM_ADDRESS, "The mail server refused the sender address.", field="fromAddress")
+        return PermanentDeliveryError(problem, code, 400)
+    if stage == "END" and not 500 <= code < 600:
+        return TransientDeliveryError(RETRY_LATER, code, ambiguous=True)
+    problem = Problem(DELIVERY_REFUSED, f"The mail server refused the message at {stage} ({code}).")
+    return PermanentDeliveryError(problem, code, 200)
+
+
+def _tls_context(smtp: SmtpOptions) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=smtp.ca_file or None)
+
+
+def _connect(smtp: SmtpOptions, helo: str) -> smtplib.SMTP:
+    if smtp.security == "ssl":
+        return smtplib.SMTP_SSL(smtp.host, smtp.port, local_hostname=helo, timeout=smtp.timeout,
+                                context=_tls_context(smtp))
+    return smtplib.SMTP(smtp.host, smtp.port, local_hostname=helo, timeout=smtp.timeout)
+
+
+def _hello(client: smtplib.SMTP, envelope: Envelope) -> None:
+    code, _ = client.ehlo()
+    if code != 250:
+        code, _ = client.helo()
+        if code != 250:
+            raise _refusal("EHLO", code, envelope)
+
+
+def _open_session(smtp: SmtpOptions, helo: str, envelope: Envelope) -> smtplib.SMTP:
+    try:
+        client = _connect(smtp, helo)
+    except smtplib.SMTPConnectError as exc:
+        raise _refusal("greeting", exc.smtp_code, envelope) from None
+    try:
+        _hello(client, envelope)
+        if smtp.security == "starttls":
+            client.starttls(context=_tls_context(smtp))
+            _hello(client, envelope)
+        if smtp.username:
+            client.login(smtp.username, smtp.password)
+    except smtplib.SMTPResponseException as exc:
+        client.close()
+        raise _refusal("AUTH" if smtp.username else "STARTTLS", exc.smtp_code, envelope) from None
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _data(message: bytes) -> bytes:
+    """The DATA payload: CRLF line ends, dot-stuffed, with the end-of-data marker."""
+    message = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return re.sub(rb"(?m)^\.", b"..", message) + b".\r\n"
+
+
+def _transaction(client: smtplib.SMTP, message: bytes, envelope: Envelope) -> None:
+    code, _ = client.mail(envelope.mail_from)
+    if code != 250:
+        raise _refusal("MAIL", code, envelope)
+    code, _ = client.rcpt(envelope.rcpt_to)
+    if code not in (250, 251):
+        raise _refusal("RCPT", code, envelope)
+    code, _ = client.docmd("DATA")
+    if code != 354:
+        raise _refusal("DATA", code, envelope)
+    client.send(_data(message))
+    # The end of DATA is sent: from here on the relay may hold the message, so nothing is resent.
+    try:
+        code, _ = client.getreply()
+    except (OSError, smtplib.SMTPException):
+        raise TransientDeliveryError(RETRY_LATER, ambiguous=True) from None
+    if code != 250:
+        raise _refusal("END", code, envelope)
+
+
+def deliver(message: bytes, envelope: Envelope, smtp: SmtpOptions, helo: str) -> None:
+    """Send one message; return only once the relay answered 250 to the end of DATA.
+
+    Raises TransientDeliveryError when trying again may help, PermanentDeliveryError when not.
+    """
+    try:
+        client = _open_session(smtp, helo, envelope)
+    except ssl.SSLCertVerificationError as exc:
+        problem = Problem(DELIVERY_REFUSED, f"The mail server's certificate is not trusted: {exc.verify_message}.")
+        raise PermanentDeliveryError(problem, None, 200) from None
+    except smtplib.SMTPServerDisconnected:
+        raise TransientDeliveryError(RETRY_LATER) from None
+    except smtplib.SMTPException as exc:  # the relay lacks STARTTLS or a usable AUTH method
+        problem = Problem(DELIVERY_REFUSED, f"The mail server session could not be set up: {exc}.")
+        raise PermanentDeliveryError(problem, None, 200) from None
+    except OSError:
+        raise TransientDeliveryError(RETRY_LATER) from None
+    try:
+        _transaction(client, message, envelope)
+    except OSError:  # smtplib's errors too: the connection broke before the end of DATA was sent
+        raise TransientDeliveryError(RETRY_LATER) from None
+    finally:
+        try:
+            client.quit()
+        except (OSError, smtplib.SMTPException):
+            client.close()

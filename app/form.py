@@ -1,0 +1,172 @@
+"""Read a form body into its fields, in the order they came, and its files, spooled to disk."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from typing import IO
+from urllib.parse import parse_qsl
+
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+
+from app.errors import (
+    ATTACHMENTS_TOO_LARGE,
+    FORM_TOO_LARGE,
+    MALFORMED_BODY,
+    UNSUPPORTED_CONTENT_TYPE,
+    ApiError,
+)
+
+ALLOWANCE = 1024 * 1024  # bytes that the non-file fields may take together
+MAX_PARTS = 1000
+CHUNK = 64 * 1024
+SPOOL_IN_MEMORY = 256 * 1024
+
+
+@dataclass
+class Upload:
+    """One file part with a non-empty file name, its bytes spooled and rewound."""
+
+    field: str
+    filename: str
+    stream: IO[bytes]
+    size: int = 0
+
+
+@dataclass
+class Form:
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    uploads: list[Upload] = field(default_factory=list)
+
+    def close(self) -> None:
+        for upload in self.uploads:
+            upload.stream.close()
+
+
+def too_large(max_size: int) -> ApiError:
+    return ApiError.single(
+        ATTACHMENTS_TOO_LARGE,
+        f"The request is larger than the attachments limit of {max_size} bytes allows.",
+        advice=max_size,
+    )
+
+
+def _malformed(why: str) -> ApiError:
+    return ApiError.single(MALFORMED_BODY, f"The request body is malformed: {why}.")
+
+
+def _fields_too_large() -> ApiError:
+    return ApiError.single(FORM_TOO_LARGE, f"The form's fields take more than {ALLOWANCE} bytes.")
+
+
+def _decode(raw: bytes, charset: str, name: str) -> str:
+    try:
+        return raw.decode(charset)
+    except (LookupError, UnicodeDecodeError):
+        raise _malformed(f"field {name!r} is not valid {charset} text") from None
+
+
+def read_form(stream: IO[bytes], content_type: str | None, max_size: int) -> Form:
+    """Parse a multipart or urlencoded body; the whole body may take `max_size` plus the allowance."""
+    mimetype, params = parse_options_header(content_type or "")
+    if mimetype == "application/x-www-form-urlencoded":
+        return _read_urlencoded(stream, params.get("charset", "utf-8"))
+    if mimetype == "multipart/form-data":
+        if not params.get("boundary"):
+            raise _malformed("multipart/form-data without a boundary")
+        return _read_multipart(stream, params["boundary"].encode("latin-1"), max_size)
+    raise ApiError.single(
+        UNSUPPORTED_CONTENT_TYPE,
+        "Send the form as multipart/form-data or application/x-www-form-urlencoded.",
+        http_status=415,
+    )
+
+
+def _read_urlencoded(stream: IO[bytes], charset: str) -> Form:
+    body = stream.read(ALLOWANCE + 1)
+    if len(body) > ALLOWANCE:
+        raise _fields_too_large()
+    try:
+        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding=charset,
+                          errors="strict", max_num_fields=MAX_PARTS)
+    except (LookupError, UnicodeDecodeError):
+        raise _malformed(f"a field is not valid {charset} text") from None
+    except ValueError:
+        raise ApiError.single(FORM_TOO_LARGE, f"The form has more than {MAX_PARTS} fields.") from None
+    return Form(fields=pairs)
+
+
+class _MultipartReader:
+    """Feeds a MultipartDecoder and keeps the service's limits while the parts arrive."""
+
+    def __init__(self, boundary: bytes, max_size: int) -> None:
+        self.decoder = MultipartDecoder(boundary, max_form_memory_size=ALLOWANCE)
+        self.form = Form()
+        self.max_size = max_size
+        self.body_bytes = self.field_bytes = self.parts = 0
+        self.part: Field | File | None = None
+        self.chunks: list[bytes] = []
+        self.upload: Upload | None = None
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take the next chunk (b"" at the end); True once the closing boundary was read."""
+        self.body_bytes += len(chunk)
+        if self.body_bytes > self.max_size + ALLOWANCE:
+            raise too_large(self.max_size)
+        self.decoder.receive_data(chunk or None)
+        event = self.decoder.next_event()
+        while not isinstance(event, (NeedData, Epilogue)):
+            if isinstance(event, (Field, File)):
+                self._start(event)
+            elif isinstance(event, Data):
+                self._take(event)
+            event = self.decoder.next_event()
+        return isinstance(event, Epilogue)
+
+    def _start(self, part: Field | File) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise ApiError.single(FORM_TOO_LARGE, f"The form has more than {MAX_PARTS} parts.")
+        if not part.name:
+            raise _malformed("a part has no name")
+        self.part, self.chunks, self.upload = part, [], None
+        if isinstance(part, File) and part.filename:
+            stream = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+            self.upload = Upload(part.name, part.filename, stream)
+            self.form.uploads.append(self.upload)
+
+    def _take(self, event: Data) -> None:
+        if isinstance(self.part, Field):
+            self.field_bytes += len(event.data)
+            if self.field_bytes > ALLOWANCE:
+                raise _fields_too_large()
+            self.chunks.append(event.data)
+            if not event.more_data:
+                charset = parse_options_header(self.part.headers.get("content-type", ""))[1].get("charset", "utf-8")
+                self.form.fields.append((self.part.name, _decode(b"".join(self.chunks), charset, self.part.name)))
+        elif self.upload is not None:
+            self.upload.stream.write(event.data)
+            self.upload.size += len(event.data)
+            if not event.more_data:
+                self.upload.stream.seek(0)
+
+
+def _read_multipart(stream: IO[bytes], boundary: bytes, max_size: int) -> Form:
+    reader = _MultipartReader(boundary, max_size)
+    try:
+        while True:
+            chunk = stream.read(CHUNK)
+            if reader.feed(chunk):
+                return reader.form
+            if not chunk:
+                raise _malformed("the body ends before the closing boundary")
+    except RequestEntityTooLarge:
+        reader.form.close()
+        raise _fields_too_large() from None
+    except ValueError as exc:
+        reader.form.close()
+        raise _malformed(str(exc).rstrip(".")) from None
+    except BaseException:
+        reader.form.close()
+        raise

@@ -1,0 +1,157 @@
+"""Turn a form into a validated submission, or into the full list of what is wrong with it."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from email_validator import EmailNotValidError, validate_email
+
+from app.attachments import Attachment, check_attachments
+from app.errors import (
+    CONTROL_CHARACTER,
+    EMPTY_USER_DATA_KEY,
+    FIELD_TOO_LONG,
+    FIRST_NAME_MISSING,
+    FROM_ADDRESS_MISSING,
+    INVALID_FROM_ADDRESS,
+    INVALID_MAILBOX,
+    LAST_NAME_MISSING,
+    SUBJECT_MISSING,
+    TEXT_MISSING,
+    ApiError,
+    Problem,
+)
+from app.form import Form
+from app.options import Options, ServiceOptions, mailbox_address
+
+# Anything that could end or bend a header line: C0 (but TAB), DEL, C1, and Unicode line breaks.
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_SPACE = r"(?:\t|[^\S\x00-\x1f\x7f-\x9f\u2028\u2029])"
+TRIM = re.compile(rf"^{_SPACE}+|{_SPACE}+$")
+USER_DATA_FIELD = re.compile(r"userData\[(.*)\]", re.DOTALL)
+# (field, code when missing, longest value allowed)
+ONE_LINE_FIELDS = (
+    ("firstName", FIRST_NAME_MISSING, 256),
+    ("lastName", LAST_NAME_MISSING, 256),
+    ("subject", SUBJECT_MISSING, 998),
+)
+
+
+@dataclass
+class Submission:
+    """A customer's form that passed every check: what the email will carry."""
+
+    service: str
+    first_name: str
+    last_name: str
+    subject: str
+    from_address: str
+    text: str
+    mailbox: str
+    user_data: list[tuple[str, str]] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+
+
+def trim(value: str) -> str:
+    """Strip spaces and tabs at both ends, never a line break: those are refused, not hidden."""
+    return TRIM.sub("", value)
+
+
+def _control_problem(name: str) -> Problem:
+    return Problem(CONTROL_CHARACTER, f"{name} holds a line break or another control character.", field=name)
+
+
+def _one_line_fields(values: dict[str, str], problems: list[Problem]) -> dict[str, str]:
+    found = {}
+    for name, missing_code, longest in ONE_LINE_FIELDS:
+        value = values.get(name, "")
+        if CONTROL.search(value):
+            problems.append(_control_problem(name))
+        elif not (value := trim(value)):
+            problems.append(Problem(missing_code, f"{name} is missing.", field=name))
+        elif len(value) > longest:
+            problems.append(Problem(FIELD_TOO_LONG, f"{name} is longer than {longest} characters.", field=name))
+        else:
+            found[name] = value
+    return found
+
+
+def _from_address(value: str, problems: list[Problem]) -> str:
+    if not value.strip():
+        problems.append(Problem(FROM_ADDRESS_MISSING, "fromAddress is missing.", field="fromAddress"))
+        return ""
+    try:
+        return validate_email(trim(value), check_deliverability=False, allow_smtputf8=False).ascii_email
+    except EmailNotValidError as exc:
+        problems.append(Problem(INVALID_FROM_ADDRESS, f"fromAddress is not a valid email address: {exc}",
+                                field="fromAddress"))
+        return ""
+
+
+def _mailbox(value: str, service: ServiceOptions, options: Options, problems: list[Problem]) -> str:
+    if not value.strip():
+        return service.mailbox
+    try:
+        mailbox = mailbox_address(trim(value))
+    except EmailNotValidError as exc:
+        problems.append(Problem(INVALID_MAILBOX, f"mailbox is not a valid email address: {exc}", field="mailbox"))
+        return ""
+    if not options.mailbox_allowed(service, mailbox):
+        problems.append(Problem(INVALID_MAILBOX, "mailbox is not one this service may deliver to.", field="mailbox"))
+    return mailbox
+
+
+def _text(value: str, problems: list[Problem]) -> str:
+    if "\0" in value:
+        problems.append(Problem(CONTROL_CHARACTER, "text holds a NUL character.", field="text"))
+    elif not value.strip():
+        problems.append(Problem(TEXT_MISSING, "text is missing.", field="text"))
+    return value.strip()
+
+
+def _user_data(fields: list[tuple[str, str]], problems: list[Problem]) -> list[tuple[str, str]]:
+    pairs = []
+    for name, value in fields:
+        if name == "userData":
+            if not value.strip():
+                continue
+            key, _, value = value.partition("=")
+        elif match := USER_DATA_FIELD.fullmatch(name):
+            key = match[1]
+        else:
+            continue
+        if CONTROL.search(key) or CONTROL.search(value):
+            problems.append(_control_problem("userData"))
+        elif not trim(key):
+            problems.append(Problem(EMPTY_USER_DATA_KEY, "A userData pair has an empty key.", field="userData"))
+        else:
+            pairs.append((trim(key), trim(value)))
+    return pairs
+
+
+def validate_submission(form: Form, service_name: str, service: ServiceOptions, options: Options) -> Submission:
+    """Check every rule of the contract and return the submission, or raise ApiError with all problems."""
+    values: dict[str, str] = {}
+    for name, value in form.fields:
+        values.setdefault(name, value)
+    problems: list[Problem] = []
+    one_line = _one_line_fields(values, problems)
+    from_address = _from_address(values.get("fromAddress", ""), problems)
+    text = _text(values.get("text", ""), problems)
+    mailbox = _mailbox(values.get("mailbox", ""), service, options, problems)
+    user_data = _user_data(form.fields, problems)
+    attachments, file_problems = check_attachments(form.uploads, service)
+    problems += file_problems
+    if problems:
+        raise ApiError(problems)
+    return Submission(
+        service=service_name,
+        first_name=one_line["firstName"],
+        last_name=one_line["lastName"],
+        subject=one_line["subject"],
+        from_address=from_address,
+        text=text,
+        mailbox=mailbox,
+        user_data=user_data,
+        attachments=attachments,
+    )
