@@ -6,9 +6,8 @@ import socket
 import string
 from email import policy
 from email.header import Header
-from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import localtime
+from email.utils import localtime, quote
 
 from app.options import ServiceOptions, SmtpOptions
 from app.submission import Submission
@@ -26,33 +25,46 @@ def helo_name(smtp: SmtpOptions) -> str:
     return smtp.helo_name or HOST_NAME
 
 
-class _EncodedText(str):
-    """Header text sent wholly as RFC 2047 encoded words.
+class _FoldedHeader(str):
+    """A header whose wire form this module writes itself, for two cases the email package gets wrong.
 
-    Used when the text itself looks like an encoded word (`=?...?=`), which a mail
-    client would otherwise decode: encoding it makes it read back exactly as sent.
-    The email package stores and folds any value with a `name` and a `fold()` as is.
+    Text that looks like an encoded word (`=?...?=`) would be decoded by a reader, and a
+    long non-ASCII display name comes out with spaces moved; encoded words written here
+    read back exactly. The email package stores and emits any value with a `name` and a
+    `fold()` as it is.
     """
 
-    def __new__(cls, name: str, text: str) -> _EncodedText:
+    def __new__(cls, name: str, text: str, wire: str) -> _FoldedHeader:
         obj = super().__new__(cls, text)
-        obj.name = name
+        obj.name, obj.wire = name, wire
         return obj
 
     def fold(self, *, policy: policy.Policy) -> str:
-        encoded = Header(str(self), "utf-8", header_name=self.name).encode(linesep=policy.linesep)
-        return f"{self.name}: {encoded}{policy.linesep}"
+        return f"{self.name}: {self.wire}{policy.linesep}"
+
+
+def _encoded_words(name: str, text: str) -> str:
+    return Header(text, "utf-8", header_name=name).encode(linesep="\r\n")
 
 
 def _add_text_header(message: EmailMessage, name: str, text: str) -> None:
-    message[name] = _EncodedText(name, text) if "=?" in text else text
+    message[name] = _FoldedHeader(name, text, _encoded_words(name, text)) if "=?" in text else text
+
+
+def _from_header(display_name: str, address: str) -> _FoldedHeader:
+    """`"First Last" <address>`: a quoted string when ASCII, else encoded words folded under 78 columns."""
+    if display_name.isascii() and "=?" not in display_name:
+        wire = f'"{quote(display_name)}" <{address}>'
+    else:
+        wire = f"{_encoded_words('From', display_name)} <{address}>"
+    return _FoldedHeader("From", f"{display_name} <{address}>", wire)
 
 
 def compose(submission: Submission, interaction_id: str, service: ServiceOptions, smtp: SmtpOptions) -> EmailMessage:
     """Build the email with the headers of contract section 6 and every attachment."""
     message = EmailMessage(policy=policy.SMTP)
     display_name = f"{submission.first_name} {submission.last_name}"
-    message["From"] = Address(display_name=display_name, addr_spec=submission.from_address)
+    message["From"] = _from_header(display_name, submission.from_address)
     if smtp.envelope_from:
         message["Sender"] = smtp.envelope_from
     message["To"] = submission.mailbox

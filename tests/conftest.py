@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from app import create_app
+from support import GOOD_FORM, free_port, multipart
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    raw: bytes
+
+    @property
+    def email(self) -> EmailMessage:
+        return message_from_bytes(self.raw, policy=policy.default)
+
+
+@dataclass
+class FaultyHandler:
+    """Records every message it accepts; `faults[stage]` makes it reply, stall or drop at MAIL, RCPT or END."""
+
+    messages: list[Received] = field(default_factory=list)
+    faults: dict[str, str] = field(default_factory=dict)
+
+    async def _fault(self, server: Any, stage: str) -> str | None:
+        fault = self.faults.get(stage)
+        if fault == "stall":
+            await asyncio.sleep(60)  # far past the client's timeout; the server's stop cancels it
+        if fault == "drop":
+            server.transport.abort()
+            return "421 dropped"
+        return fault
+
+    async def handle_MAIL(self, server, session, envelope, address, options) -> str:
+        if reply := await self._fault(server, "MAIL"):
+            return reply
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, options) -> str:
+        if reply := await self._fault(server, "RCPT"):
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        if reply := await self._fault(server, "END"):
+            return reply
+        self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server (aiosmtpd) on a free port whose handler records messages and can be told to fail."""
+    handler = FaultyHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    handler.port = controller.port
+    yield handler
+    controller.stop()
+
+
+class OptionsFile:
+    """An options.ini in a temporary folder, rewritten whole (a new inode, as editors save) by `write`."""
+
+    def __init__(self, path: Path, smtp_port: int) -> None:
+        self.path = path
+        self.sections: dict[str, dict[str, str]] = {
+            "email": {"mailbox": "support@example.com", "tenant": "Environment"},
+            "email.sales": {"mailbox": "sales@example.com", "max_files": "3"},
+            "smtp": {"host": "127.0.0.1", "port": str(smtp_port), "timeout": "1", "helo_name": "gms.test"},
+            "server": {"reload_interval": "0"},
+        }
+        self.write()
+
+    def write(self, text: str | None = None, **changes: dict[str, str | None]) -> None:
+        for section, values in changes.items():
+            section_values = self.sections.setdefault(section.replace("__", "."), {})
+            for key, value in values.items():
+                if value is None:
+                    section_values.pop(key, None)
+                else:
+                    section_values[key] = value
+        if text is None:
+            text = "".join(
+                f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+                for name, values in self.sections.items()
+            )
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, self.path)
+
+
+@pytest.fixture
+def options_file(tmp_path, smtp_server) -> OptionsFile:
+    """An options file in tmp_path pointing at the test SMTP server, re-read on every request."""
+    return OptionsFile(tmp_path / "options.ini", smtp_server.port)
+
+
+@pytest.fixture
+def app(options_file):
+    """The app built from the test options file."""
+    return create_app(options_file.path)
+
+
+@pytest.fixture
+def client(app):
+    """A Flask test client of the app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def submit(client) -> Callable[..., Any]:
+    """Post the known-good form, changed by keyword (None drops a field); `extra` parts and `files` are appended."""
+
+    def post(service: str = "support", extra: list[tuple[str, Any]] = (), files: list[tuple[str, bytes]] = (),
+             **changes: str | None):
+        form = {**GOOD_FORM, **changes}
+        parts = [(k, v) for k, v in form.items() if v is not None] + list(extra)
+        parts += [("files", file) for file in files]
+        body, content_type = multipart(parts)
+        path = "/genesys/2/email" + (f"/{service}" if service else "")
+        return client.post(path, data=body, content_type=content_type)
+
+    return post

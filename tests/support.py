@@ -1,0 +1,46 @@
+"""Test data and small encoders shared by the tests."""
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).parent / "data"
+PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+    b"\x00\x00\x00\rIDATx\x9ccd\xf8\x0f\x04\x00\t\xfb\x03\xfd\xe3U\xf2\x9c\x00\x00\x00\x00IEND\xaeB`\x82"
+)
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+GOOD_FORM = {
+    "firstName": "Ana",
+    "lastName": "Lee",
+    "fromAddress": "ana@example.com",
+    "subject": "Invoice question",
+    "text": "Hello,\r\nmy invoice is wrong.",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def multipart(parts: list[tuple[str, Any]]) -> tuple[bytes, str]:
+    """Encode parts in the given order; a value (filename, bytes) is a file part."""
+    boundary = uuid.uuid4().hex
+    body = b""
+    for name, value in parts:
+        if isinstance(value, tuple):
+            filename, content = value
+            body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     "Content-Type: application/octet-stream\r\n\r\n").encode() + content + b"\r\n"
+        else:
+            body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            body += value.encode() + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def codes(response) -> list[int]:
+    return [error["code"] for error in response.get_json()["errors"]]

@@ -1,0 +1,148 @@
+"""The email the agent receives (contract sections 5 and 6), parsed back as a mail client would."""
+import re
+from email.header import decode_header, make_header
+from email.utils import parseaddr
+
+import pytest
+
+from support import codes
+
+
+def test_headers_carry_the_customer_and_the_request(submit, smtp_server):
+    interaction_id = submit(firstName="Ana María", service="support").get_json()["interactionId"]
+    received = smtp_server.messages[0]
+    email = received.email
+    assert email["From"].addresses[0].display_name == "Ana María Lee"
+    assert email["From"].addresses[0].addr_spec == "ana@example.com"
+    assert email["To"] == "support@example.com"
+    assert email["Subject"] == "Invoice question"
+    assert email["Date"].datetime is not None
+    assert email["Message-ID"] == f"<{interaction_id}@gms.test>"
+    assert email["X-Genesys-Interaction-Id"] == interaction_id
+    assert email["X-Genesys-Service"] == "support"
+    assert email["X-Genesys-Tenant"] == "Environment"
+    assert email["X-Genesys-First-Name"] == "Ana María"
+    assert email["X-Genesys-Last-Name"] == "Lee"
+    assert email["Sender"] is None
+    assert email.get_content_type() == "text/plain"
+    assert email.get_content_charset() == "utf-8"
+    assert email.get_content() == "Hello,\r\nmy invoice is wrong.\r\n"
+    assert (received.mail_from, received.rcpt_tos) == ("ana@example.com", ["support@example.com"])
+
+
+def test_envelope_from_sets_sender_and_mail_from(options_file, submit, smtp_server):
+    options_file.write(smtp={"envelope_from": "gms@example.com"})
+    submit()
+    received = smtp_server.messages[0]
+    assert received.mail_from == "gms@example.com"
+    assert received.email["Sender"] == "gms@example.com"
+    assert received.email["From"].addresses[0].addr_spec == "ana@example.com"
+
+
+def test_catch_all_route_uses_the_email_section(submit, smtp_server):
+    assert submit(service=None).get_json()["statusCode"] == 0
+    email = smtp_server.messages[0].email
+    assert email["X-Genesys-Service"] == "email"
+    assert email["To"] == "support@example.com"
+
+
+@pytest.mark.parametrize(
+    ("service", "mailbox", "to"),
+    (
+        ("sales", None, "sales@example.com"),  # the service section's mailbox
+        ("unknown-service", None, "support@example.com"),  # [email]
+        ("support", "sales@example.com", "sales@example.com"),  # a configured mailbox named by the request
+        ("support", "SALES@Example.com", "sales@example.com"),  # compared case-insensitively
+    ),
+)
+def test_mailbox_resolution(submit, smtp_server, service, mailbox, to):
+    assert submit(service=service, mailbox=mailbox).get_json()["statusCode"] == 0
+    assert smtp_server.messages[0].rcpt_tos == [to]
+
+
+def test_default_mailbox_is_the_last_resort(options_file, submit, smtp_server):
+    options_file.write(email={"mailbox": None}, email__sales={"mailbox": None}, smtp={"default_mailbox": "inbox@example.com"})
+    submit(service="sales")
+    assert smtp_server.messages[0].rcpt_tos == ["inbox@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("allowed", "mailbox", "delivered"),
+    (
+        ("team@example.org", "team@example.org", True),
+        ("*@example.org", "anyone@EXAMPLE.org", True),
+        ("*@example.org", "anyone@sub.example.org", False),
+        ('"a@example.org, *@example.net"', "b@example.net", True),
+        ('""', "team@example.org", False),
+    ),
+)
+def test_allowed_mailboxes_guard_the_relay(options_file, submit, smtp_server, allowed, mailbox, delivered):
+    options_file.write(email={"allowed_mailboxes": allowed})
+    response = submit(mailbox=mailbox)
+    if delivered:
+        assert response.get_json()["statusCode"] == 0
+        assert smtp_server.messages[0].rcpt_tos == [mailbox.split("@")[0] + "@" + mailbox.split("@")[1].lower()]
+    else:
+        assert response.status_code == 400 and codes(response) == [383]
+        assert smtp_server.messages == []
+
+
+def test_a_service_list_replaces_the_email_list(options_file, submit, smtp_server):
+    options_file.write(email={"allowed_mailboxes": "*@example.org"}, email__sales={"allowed_mailboxes": "*@example.net"})
+    assert codes(submit(service="sales", mailbox="a@example.org")) == [383]
+    assert submit(service="sales", mailbox="a@example.net").get_json()["statusCode"] == 0
+
+
+def test_user_data_pairs_read_back_exactly_in_order(submit, smtp_server):
+    extra = [
+        ("userData", "orderId=A-17"),
+        ("userData[customer]", "Ana María"),
+        ("userData", "note=x=y"),
+        ("userData", "flag"),
+        ("userData", "orderId=A-18"),
+        ("userData", "word==?utf-8?q?hi?="),
+        ("userData", "spaces=a  b\tc"),
+        ("userData", "long=" + "z" * 1500),
+        ("userData[Счёт]", "№5 " + "é" * 400),
+        ("userData", ""),
+    ]
+    assert submit(extra=extra).get_json()["statusCode"] == 0
+    headers = smtp_server.messages[0].email.get_all("X-Genesys-User-Data")
+    assert headers == [
+        "orderId=A-17", "customer=Ana María", "note=x=y", "flag=", "orderId=A-18", "word==?utf-8?q?hi?=",
+        "spaces=a  b\tc", "long=" + "z" * 1500, "Счёт=№5 " + "é" * 400,
+    ]
+    assert all(len(line) <= 998 for line in smtp_server.messages[0].raw.split(b"\r\n"))
+
+
+@pytest.mark.parametrize(("part", "code"), ((("userData", "=value"), 606), (("userData", "k=v\r\nBcc: x@y.z"), 601),
+                                            (("userData[k\x0b]", "v"), 601)))
+def test_bad_user_data_is_refused(submit, smtp_server, part, code):
+    response = submit(extra=[part])
+    assert response.status_code == 400 and codes(response) == [code]
+    assert smtp_server.messages == []
+
+
+def _raw_header(raw: bytes, name: str) -> str:
+    """A header's value as sent, unfolded: what an RFC 2047 decoder starts from."""
+    header_block = raw.split(b"\r\n\r\n")[0].decode("ascii")
+    value = re.search(rf"^{name}: (.*?)\r\n(?! )", header_block, re.M | re.S)[1]
+    return value.replace("\r\n ", " ")
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    (("F" * 256, "L" * 256), ("F" * 256, "Ł" * 256), ("Ana", "Ł" * 256), ('A "q" \\ b,', "c <d>"),
+     ("=?utf-8?q?x?=", "Lee"), ("Ana María", "Lee")),
+)
+def test_longest_names_fold_without_ending_the_header_block(submit, smtp_server, first, last):
+    submit(firstName=first, lastName=last, subject="=?utf-8?q?" + "s" * 980)
+    received = smtp_server.messages[0]
+    header_block = received.raw.split(b"\r\n\r\n")[0]
+    assert all(line.strip() and len(line) <= 998 for line in header_block.split(b"\r\n"))
+    email = received.email
+    assert email["Subject"] == "=?utf-8?q?" + "s" * 980
+    assert email["X-Genesys-First-Name"] == first and email["X-Genesys-Last-Name"] == last
+    assert email.get_content() == "Hello,\r\nmy invoice is wrong.\r\n"
+    display_name, address = parseaddr(str(make_header(decode_header(_raw_header(received.raw, "From")))))
+    assert (display_name, address) == (f"{first} {last}", "ana@example.com")

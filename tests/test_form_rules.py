@@ -1,0 +1,138 @@
+"""The form's field rules (contract section 2): each problem has its code, all are reported at once."""
+import pytest
+
+from support import codes
+
+
+def test_good_form_is_delivered_with_an_interaction_id(submit, smtp_server):
+    response = submit()
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json;charset=utf-8"
+    body = response.get_json()
+    assert body["statusCode"] == 0
+    assert len(body["interactionId"]) == 16 and body["interactionId"].isalnum() and body["interactionId"].isupper()
+    assert [m.email["X-Genesys-Interaction-Id"] for m in smtp_server.messages] == [body["interactionId"]]
+
+
+def test_interaction_ids_are_unique(submit):
+    ids = {submit().get_json()["interactionId"] for _ in range(20)}
+    assert len(ids) == 20
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    (
+        ("firstName", None, 102),
+        ("firstName", "", 102),
+        ("firstName", " \t ", 102),
+        ("lastName", "", 103),
+        ("subject", "", 104),
+        ("fromAddress", "", 181),
+        ("fromAddress", None, 181),
+        ("text", "", 182),
+        ("text", " \r\n ", 182),
+        ("fromAddress", "ana@", 381),
+        ("fromAddress", "Ana <ana@example.com>", 381),
+        ("fromAddress", "ana@example.com\r\nBcc: victim@example.org", 381),
+        ("mailbox", "not-an-address", 383),
+        ("mailbox", "someone@elsewhere.example", 383),
+        ("mailbox", "sales@example.com\r\nBcc: x@example.org", 383),
+        ("firstName", "Ana\r\nBcc: victim@example.org", 601),
+        ("lastName", "Lee\n", 601),
+        ("subject", "Hi\x00there", 601),
+        ("subject", "Hi\u2028there", 601),
+        ("lastName", "Lee\x85", 601),
+        ("text", "nul\x00byte", 601),
+        ("firstName", "A" * 257, 602),
+        ("subject", "s" * 999, 602),
+    ),
+)
+def test_field_rule(submit, smtp_server, field, value, code):
+    response = submit(**{field: value})
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["statusCode"] == 2
+    assert [(e["code"], e["field"]) for e in body["errors"]] == [(code, field)]
+    assert smtp_server.messages == []
+
+
+def test_all_problems_are_reported_together(submit, smtp_server):
+    response = submit(firstName="", lastName=None, subject=" ", text="", fromAddress="bad")
+    assert response.status_code == 400
+    assert sorted(codes(response)) == [102, 103, 104, 182, 381]
+    assert smtp_server.messages == []
+
+
+def test_values_are_trimmed_and_longest_values_pass(submit, smtp_server):
+    response = submit(firstName="  " + "A" * 256 + "\t", subject="s" * 998, fromAddress=" ana@example.com ")
+    assert response.get_json()["statusCode"] == 0
+    email = smtp_server.messages[0].email
+    assert email["X-Genesys-First-Name"] == "A" * 256
+    assert email["Subject"] == "s" * 998
+    assert email["From"].addresses[0].addr_spec == "ana@example.com"
+
+
+def test_urlencoded_form_is_accepted_and_files_field_ignored(client, smtp_server):
+    response = client.post("/genesys/2/email/support", data={
+        "firstName": "Ana", "lastName": "Lee", "fromAddress": "ana@example.com", "subject": "Hi",
+        "text": "Hello", "files": "invoice.pdf", "userData": "order=A-17",
+    })
+    assert response.get_json()["statusCode"] == 0
+    email = smtp_server.messages[0].email
+    assert email["X-Genesys-User-Data"] == "order=A-17"
+    assert not list(email.iter_attachments())
+
+
+def test_urlencoded_with_charset_parameter(client, smtp_server):
+    body = "firstName=Ana+Mar%C3%ADa&lastName=Lee&fromAddress=ana%40example.com&subject=Hi&text=Hello"
+    response = client.post("/genesys/2/email/support", data=body,
+                           content_type="application/x-www-form-urlencoded; charset=UTF-8")
+    assert response.get_json()["statusCode"] == 0
+    assert smtp_server.messages[0].email["X-Genesys-First-Name"] == "Ana María"
+
+
+@pytest.mark.parametrize("content_type", ("application/json", "text/plain", None))
+def test_other_content_types_are_415(client, content_type):
+    response = client.post("/genesys/2/email/support", data=b"{}", content_type=content_type)
+    assert response.status_code == 415
+    assert response.headers["Content-Type"] == "application/json;charset=utf-8"
+    assert codes(response) == [605]
+
+
+def test_fields_over_the_allowance_are_refused(submit, smtp_server):
+    response = submit(text="x" * (1024 * 1024 + 1))
+    assert response.status_code == 400
+    assert codes(response) == [603]
+    assert smtp_server.messages == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    (
+        b"--b\r\nContent-Disposition: form-data; name=\"firstName\"\r\n\r\nAna\r\n",  # no closing boundary
+        b"--b\r\nContent-Type: text/plain\r\n\r\nAna\r\n--b--\r\n",  # no Content-Disposition
+        b"--b\r\nContent-Disposition: form-data\r\n\r\nAna\r\n--b--\r\n",  # a part without a name
+    ),
+)
+def test_malformed_multipart_is_604(client, smtp_server, body):
+    response = client.post("/genesys/2/email/support", data=body, content_type="multipart/form-data; boundary=b")
+    assert response.status_code == 400
+    assert codes(response) == [604]
+
+
+def test_multipart_without_boundary_is_604(client):
+    response = client.post("/genesys/2/email/support", data=b"x", content_type="multipart/form-data")
+    assert codes(response) == [604]
+
+
+def test_unknown_path_and_method_answer_json(client):
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404 and codes(missing) == [611]
+    assert missing.headers["Content-Type"] == "application/json;charset=utf-8"
+    wrong = client.get("/genesys/2/email/support")
+    assert wrong.status_code == 405 and codes(wrong) == [612]
+
+
+def test_service_name_with_encoded_line_break_is_refused(client, smtp_server):
+    response = client.post("/genesys/2/email/sup%0D%0Aport", data={"firstName": "Ana"})
+    assert response.status_code == 400 and codes(response) == [608]
