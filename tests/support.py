@@ -34,6 +34,7 @@ def multipart(parts: list[tuple[str, Any]]) -> tuple[bytes, str]:
     for name, value in parts:
         if isinstance(value, tuple):
             filename, content = value
+            filename = filename.replace('"', '\\"')
             body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
                      "Content-Type: application/octet-stream\r\n\r\n").encode() + content + b"\r\n"
         else:
