@@ -1,0 +1,135 @@
+"""SMTP outcomes (contract section 4): statusCode 0 only after a 250 to the end of DATA, and what each failure means."""
+import logging
+import ssl
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+from support import codes, free_port
+
+
+def test_unreachable_relay_is_retryable(options_file, submit):
+    options_file.write(smtp={"port": str(free_port())})
+    response = submit()
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["statusCode"] == 1 and body["message"] and set(body) == {"statusCode", "message"}
+
+
+@pytest.mark.parametrize(
+    ("stage", "reply"),
+    (("MAIL", "421 closing"), ("MAIL", "451 try later"), ("RCPT", "450 mailbox busy"), ("END", "451 local error"),
+     ("MAIL", "stall"), ("RCPT", "drop"), ("RCPT", "stall")),
+)
+def test_temporary_failure_is_retryable(submit, smtp_server, stage, reply):
+    smtp_server.faults[stage] = reply
+    response = submit()
+    assert response.status_code == 200
+    assert response.get_json()["statusCode"] == 1 and "errors" not in response.get_json()
+    assert smtp_server.messages == []
+
+
+@pytest.mark.parametrize("fault", ("stall", "drop"))
+def test_no_reply_to_the_end_of_data_is_retryable_and_logged_as_ambiguous(submit, smtp_server, caplog, fault):
+    smtp_server.faults["END"] = fault
+    with caplog.at_level(logging.WARNING, logger="app.email_api"):
+        response = submit()
+    assert response.get_json()["statusCode"] == 1
+    assert any("ambiguous" in record.getMessage() for record in caplog.records)
+    assert smtp_server.messages == []
+
+
+def test_refused_mailbox_is_383(submit, smtp_server):
+    smtp_server.faults["RCPT"] = "550 no such user"
+    response = submit()
+    assert response.status_code == 400 and codes(response) == [383]
+
+
+def test_refused_customer_address_is_381(submit, smtp_server):
+    smtp_server.faults["MAIL"] = "553 sender rejected"
+    response = submit()
+    assert response.status_code == 400 and codes(response) == [381]
+
+
+def test_refused_envelope_from_is_a_permanent_error(options_file, submit, smtp_server):
+    options_file.write(smtp={"envelope_from": "gms@example.com"})
+    smtp_server.faults["MAIL"] = "553 sender rejected"
+    response = submit()
+    assert response.status_code == 200
+    assert response.get_json()["statusCode"] == 2 and codes(response) == [613]
+
+
+def test_message_too_large_for_the_relay_is_202_with_the_service_limit(submit, smtp_server):
+    smtp_server.faults["END"] = "552 message too big"
+    response = submit()
+    assert response.status_code == 400
+    assert response.get_json()["errors"][0]["code"] == 202
+    assert response.get_json()["errors"][0]["advice"] == 10 * 1024 * 1024
+
+
+def test_other_permanent_refusal_is_status_2(submit, smtp_server):
+    smtp_server.faults["END"] = "554 spam detected"
+    response = submit()
+    assert response.status_code == 200
+    assert response.get_json()["statusCode"] == 2 and codes(response) == [613]
+    assert smtp_server.messages == []
+
+
+def test_lines_starting_with_a_dot_arrive_intact(submit, smtp_server):
+    text = ".\r\n..two\r\n.three\r\nend"
+    assert submit(text=text).get_json()["statusCode"] == 0
+    assert smtp_server.messages[0].email.get_content() == text + "\r\n"
+
+
+@pytest.fixture(scope="module")
+def certificate_authority():
+    """A throw-away CA that signs the test relay's certificate."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_relay(request, options_file, certificate_authority, tmp_path, smtp_server):
+    """A second aiosmtpd server with STARTTLS or implicit TLS, AUTH, and the same recording handler."""
+    security = request.param
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate_authority.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    certificate_authority.cert_pem.write_to_path(str(ca_file))
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        return AuthResult(success=(auth_data.login, auth_data.password) == (b"gms", b"p%$w,d"), handled=False)
+
+    port = free_port()
+    kwargs = {"ssl_context": context} if security == "ssl" else {"tls_context": context, "require_starttls": True}
+    controller = Controller(smtp_server, hostname="127.0.0.1", port=port, authenticator=authenticate,
+                            auth_require_tls=security == "starttls", **kwargs)
+    controller.start()
+    options_file.write(smtp={"port": str(port), "security": security, "ca_file": str(ca_file),
+                             "username": "gms", "password": '"p%$w,d"'})
+    yield options_file
+    controller.stop()
+
+
+@pytest.mark.parametrize("tls_relay", ("starttls", "ssl"), indirect=True)
+def test_tls_and_auth_deliver(tls_relay, submit, smtp_server):
+    response = submit()
+    assert response.get_json() == {"statusCode": 0, "interactionId": response.get_json()["interactionId"]}
+    assert len(smtp_server.messages) == 1
+
+
+@pytest.mark.parametrize("tls_relay", ("starttls",), indirect=True)
+def test_wrong_password_is_a_permanent_error(tls_relay, submit, smtp_server):
+    tls_relay.write(smtp={"password": "wrong"})
+    response = submit()
+    assert response.get_json()["statusCode"] == 2 and codes(response) == [613]
+    assert smtp_server.messages == []
+
+
+@pytest.mark.parametrize("tls_relay", ("ssl",), indirect=True)
+def test_untrusted_certificate_is_a_permanent_error(tls_relay, submit, smtp_server):
+    tls_relay.write(smtp={"ca_file": ""})
+    response = submit()
+    assert response.get_json()["statusCode"] == 2 and codes(response) == [613]
+    assert "certificate" in response.get_json()["errors"][0]["message"]
