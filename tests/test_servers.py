@@ -1,0 +1,116 @@
+"""The service as operators and newcomers run it: under the real gunicorn, and as the local run."""
+from __future__ import annotations
+
+import http.client
+import json
+import mailbox
+import os
+import socket
+import subprocess
+import sys
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+
+from support import DATA, PDF, free_port, multipart
+
+ROOT = Path(__file__).parent.parent
+
+
+def start(command: list[str], ready: str, env: dict[str, str]) -> subprocess.Popen:
+    """Start a server and return once it printed `ready` on stderr."""
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if ready in line:
+            return process
+    process.wait()
+    raise AssertionError("server did not start:\n" + "".join(seen))
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.terminate()
+    return process.communicate(timeout=30)[1]
+
+
+def replay(port: int, raw: bytes) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """Send raw request bytes over a socket; the answer's status, headers and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(raw)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.headers, response.read()
+
+
+@pytest.fixture
+def gunicorn(options_file):
+    """The real gunicorn serving wsgi:app with two gthread workers, on a free port."""
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}",
+               "--workers", "2", "--worker-class", "gthread", "--threads", "4"]
+    process = start(command, "Booting worker", {"OPTIONS_FILE": str(options_file.path)})
+    yield port
+    stop(process)
+
+
+def test_chromium_sendmessage_request_is_delivered_through_gunicorn(gunicorn, smtp_server):
+    status, headers, body = replay(gunicorn, (DATA / "chromium-sendmessage-request.http").read_bytes())
+    assert status == 200
+    assert headers["Content-Type"] == "application/json;charset=utf-8"
+    answer = json.loads(body)
+    assert answer["statusCode"] == 0
+    [received] = smtp_server.messages
+    email = received.email
+    assert email["X-Genesys-Interaction-Id"] == answer["interactionId"]
+    assert email["From"] == "Ana María Lee <ana@example.com>"
+    assert email["Subject"] == "Facture n°17 — question"
+    assert email.get_all("X-Genesys-User-Data") == ["orderId=A-17", "note=x=y"]
+    assert email.get_body(("plain",)).get_content() == "Bonjour,\r\nline two\r\n"
+    files = [(part.get_filename(), part.get_content_type(), part.get_payload(decode=True)[:4])
+             for part in email.iter_attachments()]
+    assert files == [("pixel.png", "image/png", b"\x89PNG"), ("Счёт №5.pdf", "application/pdf", b"%PDF")]
+
+
+def test_oversized_content_length_is_answered_without_the_body(gunicorn, options_file, smtp_server):
+    options_file.write(email={"max_size": "1KB"})
+    head = (f"POST /genesys/2/email/support HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {50 * 1024 * 1024}\r\n\r\n").encode()
+    status, headers, body = replay(gunicorn, head)
+    assert status == 400
+    assert json.loads(body)["errors"][0]["code"] == 202
+
+
+def test_gunicorn_refuses_to_start_with_a_broken_options_file(options_file):
+    options_file.write("[email]\nmailbox = nobody@\nmax_files = lots\n")
+    process = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{free_port()}", "--workers", "1"],
+        cwd=ROOT, env={**os.environ, "OPTIONS_FILE": str(options_file.path)}, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert process.returncode != 0
+    assert "[email] mailbox" in process.stderr and "[email] max_files" in process.stderr
+
+
+def test_local_run_stores_the_email_in_a_maildir(tmp_path):
+    smtp_port, http_port = free_port(), free_port()
+    options = tmp_path / "options.ini"
+    options.write_text(f"[email]\nmailbox = support@example.com\n[smtp]\nport = {smtp_port}\n")
+    command = [sys.executable, "-m", "app", "--port", str(http_port), "--maildir", str(tmp_path / "maildir"),
+               "--options", str(options)]
+    process = start(command, "Running on", {})
+    try:
+        body, content_type = multipart([("firstName", "Ana"), ("lastName", "Lee"), ("fromAddress", "ana@example.com"),
+                                        ("subject", "Hi"), ("text", "Hello"), ("userData", "order=A-17"),
+                                        ("files", ("invoice.pdf", PDF))])
+        connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
+        connection.request("POST", "/genesys/2/email/support", body, {"Content-Type": content_type})
+        assert b'"statusCode": 0' in connection.getresponse().read()
+    finally:
+        log = stop(process)
+    [stored] = list(mailbox.Maildir(tmp_path / "maildir"))
+    email = message_from_bytes(stored.as_bytes(), policy=policy.default)
+    assert email["X-Genesys-User-Data"] == "order=A-17"
+    assert next(email.iter_attachments()).get_payload(decode=True) == PDF
+    assert "stored an email" in log
