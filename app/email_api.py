@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from app.access import check_api_key, cors_headers
 from app.delivery import Envelope, deliver
 from app.errors import (
     INTERNAL_ERROR,
@@ -41,14 +42,22 @@ def options_store() -> OptionsStore:
     return current_app.extensions["options"]
 
 
-@bp.post("/genesys/2/email", defaults={"service_name": "email"})
-@bp.post("/genesys/2/email/<service_name>")
+@bp.route("/genesys/2/email", methods=["OPTIONS"], defaults={"service_name": "email"})
+@bp.route("/genesys/2/email/<service_name>", methods=["OPTIONS"])
+def preflight(service_name: str) -> Response:
+    """Answer a browser's CORS preflight; an origin not allowed gets no CORS headers and is blocked."""
+    return Response(status=204)
+
+
+@bp.post("/genesys/2/email", defaults={"service_name": "email"}, provide_automatic_options=False)
+@bp.post("/genesys/2/email/<service_name>", provide_automatic_options=False)
 def submit(service_name: str) -> Response:
     """Accept one customer email; statusCode 0 only once the relay accepted it."""
     started = time.monotonic()
+    options = options_store().current()
+    check_api_key([request.headers.get("apikey"), request.headers.get("x-api-key")], options)
     if not SERVICE_NAME.fullmatch(service_name):
         raise ApiError.single(INVALID_SERVICE_NAME, "The service name holds characters a service name cannot.")
-    options = options_store().current()
     service = options.service(service_name)
     if (request.content_length or 0) > service.max_size + ALLOWANCE:
         error = too_large(service.max_size)
@@ -77,6 +86,14 @@ def submit(service_name: str) -> Response:
     log.info("delivered %s for service %s in %.3f s", interaction_id, service_name, time.monotonic() - started,
              extra={"interaction_id": interaction_id})
     return json_response({"statusCode": 0, "interactionId": interaction_id})
+
+
+@bp.after_app_request
+def add_cors_headers(response: Response) -> Response:
+    options = options_store().current()
+    response.headers.update(cors_headers(request.headers.get("Origin"), options,
+                                         preflight=request.method == "OPTIONS" and response.status_code == 204))
+    return response
 
 
 @bp.app_errorhandler(ApiError)

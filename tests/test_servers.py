@@ -55,10 +55,12 @@ def gunicorn(options_file):
     stop(process)
 
 
-def test_chromium_sendmessage_request_is_delivered_through_gunicorn(gunicorn, smtp_server):
+def test_chromium_sendmessage_request_is_delivered_through_gunicorn(gunicorn, options_file, smtp_server):
+    options_file.write(cors={"allowed_origins": "http://127.0.0.1:8766"}, security={"api_keys": "k-123"})
     status, headers, body = replay(gunicorn, (DATA / "chromium-sendmessage-request.http").read_bytes())
     assert status == 200
     assert headers["Content-Type"] == "application/json;charset=utf-8"
+    assert headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:8766"
     answer = json.loads(body)
     assert answer["statusCode"] == 0
     [received] = smtp_server.messages
