@@ -3,19 +3,37 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from app.logs import configure_logging
 from app.options import OptionsStore
+
+
+class TrustedProxies:
+    """Werkzeug's ProxyFix with as many hops as `[server] proxy_hops` says now (a live option too)."""
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], store: OptionsStore) -> None:
+        self.wsgi_app, self.store = wsgi_app, store
+        self.fixers = {hops: ProxyFix(wsgi_app, x_for=hops, x_proto=hops, x_host=hops) for hops in range(1, 11)}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        hops = self.store.current().proxy_hops
+        return (self.fixers[hops] if hops else self.wsgi_app)(environ, start_response)
 
 
 def create_app(options_path: str | Path | None = None) -> Flask:
     """Create and configure an instance of the Flask application; raises OptionsError for a bad file."""
+    configure_logging()
     app = Flask(__name__)
-    path = options_path or os.environ.get("OPTIONS_FILE", "options.ini")
-    app.extensions["options"] = OptionsStore(path)
+    store = OptionsStore(options_path or os.environ.get("OPTIONS_FILE", "options.ini"))
+    app.extensions["options"] = store
+    app.wsgi_app = TrustedProxies(app.wsgi_app, store)
 
-    from app import email_api
+    from app import email_api, node
 
     app.register_blueprint(email_api.bp)
+    app.register_blueprint(node.bp)
     return app

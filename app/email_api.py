@@ -7,9 +7,10 @@ import re
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from app import metrics
 from app.access import check_api_key, cors_headers
 from app.delivery import Envelope, deliver
 from app.errors import (
@@ -19,13 +20,14 @@ from app.errors import (
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
     ApiError,
+    DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
 from app.form import ALLOWANCE, read_form, too_large
 from app.message import compose, helo_name, new_interaction_id
-from app.options import OptionsStore
-from app.submission import validate_submission
+from app.options import Options, OptionsStore, ServiceOptions
+from app.submission import Submission, validate_submission
 
 bp = Blueprint("email_api", __name__)
 log = logging.getLogger(__name__)
@@ -42,6 +44,11 @@ def options_store() -> OptionsStore:
     return current_app.extensions["options"]
 
 
+def note(**fields: Any) -> None:
+    """Add to this request's log line (never customer content: no text, names or addresses)."""
+    g.setdefault("log_fields", {}).update(fields)
+
+
 @bp.route("/genesys/2/email", methods=["OPTIONS"], defaults={"service_name": "email"})
 @bp.route("/genesys/2/email/<service_name>", methods=["OPTIONS"])
 def preflight(service_name: str) -> Response:
@@ -53,12 +60,12 @@ def preflight(service_name: str) -> Response:
 @bp.post("/genesys/2/email/<service_name>", provide_automatic_options=False)
 def submit(service_name: str) -> Response:
     """Accept one customer email; statusCode 0 only once the relay accepted it."""
-    started = time.monotonic()
     options = options_store().current()
+    service = options.service(service_name)
+    note(service=service.name)
     check_api_key([request.headers.get("apikey"), request.headers.get("x-api-key")], options)
     if not SERVICE_NAME.fullmatch(service_name):
         raise ApiError.single(INVALID_SERVICE_NAME, "The service name holds characters a service name cannot.")
-    service = options.service(service_name)
     if (request.content_length or 0) > service.max_size + ALLOWANCE:
         error = too_large(service.max_size)
         error.headers["Connection"] = "close"  # the body is left unread
@@ -67,47 +74,77 @@ def submit(service_name: str) -> Response:
     try:
         submission = validate_submission(form, service_name, service, options)
         interaction_id = new_interaction_id()
-        message = compose(submission, interaction_id, service, options.smtp)
-        envelope = Envelope(
-            mail_from=options.smtp.envelope_from or submission.from_address,
-            rcpt_to=submission.mailbox,
-            customer_sender=not options.smtp.envelope_from,
-            max_size=service.max_size,
-        )
-        try:
-            deliver(message.as_bytes(), envelope, options.smtp, helo_name(options.smtp))
-        except TransientDeliveryError as exc:
-            if exc.ambiguous:
-                log.warning("ambiguous delivery of %s: the end of DATA was sent but no reply came",
-                            interaction_id, extra={"interaction_id": interaction_id})
-            raise
+        note(interaction_id=interaction_id)
+        _send(submission, interaction_id, service, options)
     finally:
         form.close()
-    log.info("delivered %s for service %s in %.3f s", interaction_id, service_name, time.monotonic() - started,
-             extra={"interaction_id": interaction_id})
+    attachment_bytes = sum(a.size for a in submission.attachments)
+    metrics.ATTACHMENT_BYTES.inc(attachment_bytes)
+    note(outcome="delivered", status_code=0, smtp_reply=250, attachments=len(submission.attachments),
+         attachment_bytes=attachment_bytes)
     return json_response({"statusCode": 0, "interactionId": interaction_id})
 
 
+def _send(submission: Submission, interaction_id: str, service: ServiceOptions, options: Options) -> None:
+    message = compose(submission, interaction_id, service, options.smtp)
+    envelope = Envelope(
+        mail_from=options.smtp.envelope_from or submission.from_address,
+        rcpt_to=submission.mailbox,
+        customer_sender=not options.smtp.envelope_from,
+        max_size=service.max_size,
+    )
+    started = time.monotonic()
+    try:
+        deliver(message.as_bytes(), envelope, options.smtp, helo_name(options.smtp))
+    except DeliveryError as exc:
+        note(smtp_reply=exc.reply_code)
+        if isinstance(exc, TransientDeliveryError) and exc.ambiguous:
+            log.warning("ambiguous delivery of %s: the end of DATA was sent but no reply came; the relay may have it",
+                        interaction_id, extra={"fields": {"event": "ambiguous", "interaction_id": interaction_id}})
+        raise
+    finally:
+        metrics.SMTP_SECONDS.observe(time.monotonic() - started)
+
+
+@bp.before_app_request
+def start_clock() -> None:
+    g.started = time.monotonic()
+
+
 @bp.after_app_request
-def add_cors_headers(response: Response) -> Response:
+def finish(response: Response) -> Response:
+    """Add CORS headers, then write the request's log line and count it."""
     options = options_store().current()
     response.headers.update(cors_headers(request.headers.get("Origin"), options,
                                          preflight=request.method == "OPTIONS" and response.status_code == 204))
+    fields = g.get("log_fields", {})
+    if request.endpoint == "email_api.submit":
+        metrics.REQUESTS.labels(fields.get("service", "email"), fields.get("outcome", "error")).inc()
+        for code in fields.get("error_codes", ()):
+            metrics.ERRORS.labels(str(code)).inc()
+    log.info("%s %s %d", request.method, request.path, response.status_code, extra={"fields": {
+        "event": "request", "method": request.method, "path": request.path, "http_status": response.status_code,
+        "client": request.remote_addr, "duration_ms": round((time.monotonic() - g.get("started", 0)) * 1000, 1),
+        **fields}})
     return response
 
 
 @bp.app_errorhandler(ApiError)
 def api_error(error: ApiError) -> Response:
-    return json_response(error.body(), error.http_status, error.headers)
+    body = error.body()
+    note(outcome="rejected", status_code=2, error_codes=[p.code for p in error.problems])
+    return json_response(body, error.http_status, error.headers)
 
 
 @bp.app_errorhandler(TransientDeliveryError)
 def transient_delivery_error(error: TransientDeliveryError) -> Response:
+    note(outcome="ambiguous" if error.ambiguous else "retry", status_code=1)
     return json_response(error.body())
 
 
 @bp.app_errorhandler(PermanentDeliveryError)
 def permanent_delivery_error(error: PermanentDeliveryError) -> Response:
+    note(outcome="refused", status_code=2, error_codes=[error.problem.code])
     return json_response(error.body(), error.http_status)
 
 
@@ -115,6 +152,7 @@ def permanent_delivery_error(error: PermanentDeliveryError) -> Response:
 def http_error(error: HTTPException) -> Response:
     status = error.code or 500
     code = HTTP_ERROR_CODES.get(status, MALFORMED_BODY if status == 400 else INTERNAL_ERROR)
+    note(outcome="rejected", status_code=2, error_codes=[code])
     body = {"statusCode": 2, "errors": [{"code": code, "message": error.description or error.name}]}
     headers = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else None
     return json_response(body, status, headers)
@@ -122,6 +160,7 @@ def http_error(error: HTTPException) -> Response:
 
 @bp.app_errorhandler(Exception)
 def unexpected_error(error: Exception) -> Response:
-    log.exception("unexpected error")
+    log.exception("unexpected error", extra={"fields": {"event": "unexpected_error"}})
+    note(outcome="error", status_code=2, error_codes=[INTERNAL_ERROR])
     body = {"statusCode": 2, "errors": [{"code": INTERNAL_ERROR, "message": "An unexpected error occurred."}]}
     return json_response(body, 500)

@@ -13,6 +13,8 @@ from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_value
 from email_validator import EmailNotValidError, validate_email
 from validate import ValidateError, Validator
 
+from app.metrics import GENERATION, RELOADS
+
 DEFAULT_FILE_TYPES = ("pdf", "doc", "txt", "jpg", "png", "gif", "bmp", "zip")
 SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ password = one_line(default="")
 [server]
 reload_interval = float(min=0, max=3600, default=1)
 proxy_hops = integer(min=0, max=10, default=0)
+status_file = one_line(min=1, default="node.status")
 """
 
 
@@ -112,6 +115,7 @@ class Options:
     admin_password: str
     reload_interval: float
     proxy_hops: int
+    status_file: str
 
     def service(self, name: str) -> ServiceOptions:
         """The options of service `name`; unknown names are served by [email]."""
@@ -296,6 +300,7 @@ def load_options(path: str | Path) -> Options:
         admin_password=config["admin"]["password"],
         reload_interval=config["server"]["reload_interval"],
         proxy_hops=config["server"]["proxy_hops"],
+        status_file=config["server"]["status_file"],
     )
 
 
@@ -310,6 +315,7 @@ class OptionsStore:
         self._signature = self._stat()
         self._options = load_options(self.path)
         self.generation = 1
+        GENERATION.set(self.generation)
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
@@ -337,10 +343,13 @@ class OptionsStore:
         try:
             options = load_options(self.path)
         except OptionsError as exc:
+            RELOADS.labels("refused").inc()
             log.error("options reload refused, the last good options stay in force: %s", "; ".join(exc.problems),
-                      extra={"event": "options_reload", "result": "refused", "problems": exc.problems})
+                      extra={"fields": {"event": "options_reload", "result": "refused", "problems": exc.problems}})
             return
         self._options = options
         self.generation += 1
+        RELOADS.labels("ok").inc()
+        GENERATION.set(self.generation)
         log.info("options reloaded from %s (generation %d)", self.path, self.generation,
-                 extra={"event": "options_reload", "result": "ok", "generation": self.generation})
+                 extra={"fields": {"event": "options_reload", "result": "ok", "generation": self.generation}})

@@ -81,7 +81,7 @@ class OptionsFile:
             "email": {"mailbox": "support@example.com", "tenant": "Environment"},
             "email.sales": {"mailbox": "sales@example.com", "max_files": "3"},
             "smtp": {"host": "127.0.0.1", "port": str(smtp_port), "timeout": "1", "helo_name": "gms.test"},
-            "server": {"reload_interval": "0"},
+            "server": {"reload_interval": "0", "status_file": str(path.with_name("node.status"))},
         }
         self.write()
 

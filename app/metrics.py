@@ -1,0 +1,33 @@
+"""Prometheus metrics, correct across gunicorn workers when PROMETHEUS_MULTIPROC_DIR is set."""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+REQUESTS = Counter("email_requests", "Email API requests by service and outcome", ["service", "outcome"])
+ERRORS = Counter("email_errors", "Error codes answered", ["code"])
+SMTP_SECONDS = Histogram("email_smtp_round_trip_seconds", "Time from connecting to the relay to its last reply",
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+ATTACHMENT_BYTES = Counter("email_attachment_bytes", "Bytes of attachments delivered")
+RELOADS = Counter("email_options_reloads", "Reloads of options.ini by result", ["result"])
+GENERATION = Gauge("email_options_generation", "Generation of the options in force (1 at start)",
+                   multiprocess_mode="livemax")
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics page and its content type, merged over all workers in multiprocess mode."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

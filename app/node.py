@@ -1,0 +1,78 @@
+"""The node API for load balancers and operators (ping, drain), and the metrics page."""
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import NotFound
+
+from app import metrics
+from app.errors import BAD_CREDENTIALS, ApiError
+
+bp = Blueprint("node", __name__)
+STATUSES = ("ONLINE", "OFFLINE")
+
+
+class NodeStatus:
+    """ONLINE or OFFLINE, kept in a file so that every worker of the node shares it and restarts keep it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def get(self) -> str:
+        try:
+            status = self.path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return "ONLINE"
+        return status if status in STATUSES else "ONLINE"
+
+    def set(self, status: str) -> None:
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        temporary.write_text(status + "\n", encoding="ascii")
+        os.replace(temporary, self.path)
+
+
+def node_status() -> NodeStatus:
+    return NodeStatus(current_app.extensions["options"].current().status_file)
+
+
+def _require_admin() -> None:
+    """Admin routes need [admin] credentials by HTTP basic auth; without them configured they do not exist."""
+    options = current_app.extensions["options"].current()
+    if not options.admin_username:
+        raise NotFound()
+    auth = request.authorization
+    if auth is None or auth.type != "basic" or not (
+        hmac.compare_digest((auth.username or "").encode(), options.admin_username.encode())
+        & hmac.compare_digest((auth.password or "").encode(), options.admin_password.encode())
+    ):
+        error = ApiError.single(BAD_CREDENTIALS, "Admin credentials are required.", http_status=401)
+        error.headers["WWW-Authenticate"] = 'Basic realm="GMS admin", charset="UTF-8"'
+        raise error
+
+
+@bp.get("/genesys/1/node")
+def ping() -> Response:
+    """200 while the node takes traffic, 503 while it is drained (OFFLINE)."""
+    return Response(status=200 if node_status().get() == "ONLINE" else 503)
+
+
+@bp.get("/genesys/1/admin/node/status")
+def status() -> Response:
+    _require_admin()
+    return Response(node_status().get(), content_type="text/plain;charset=utf-8")
+
+
+@bp.post("/genesys/1/admin/node/changestatus/<any(ONLINE, OFFLINE):new_status>")
+def change_status(new_status: str) -> Response:
+    _require_admin()
+    node_status().set(new_status)
+    return Response(new_status, content_type="text/plain;charset=utf-8")
+
+
+@bp.get("/metrics")
+def metrics_page() -> Response:
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)

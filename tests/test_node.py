@@ -1,0 +1,56 @@
+"""The node API (contract section 1): load-balancer ping, drain and undrain with admin credentials."""
+import base64
+
+import pytest
+
+from support import codes
+
+ADMIN = {"Authorization": "Basic " + base64.b64encode(b"ops:s3cr%t").decode()}
+
+
+@pytest.fixture
+def admin(options_file):
+    options_file.write(admin={"username": "ops", "password": "s3cr%t"})
+
+
+def test_ping_answers_200_with_an_empty_body(client):
+    response = client.get("/genesys/1/node")
+    assert response.status_code == 200 and response.data == b""
+
+
+def test_admin_routes_do_not_exist_without_admin_credentials(client):
+    response = client.get("/genesys/1/admin/node/status", headers=ADMIN)
+    assert response.status_code == 404 and codes(response) == [611]
+    assert client.post("/genesys/1/admin/node/changestatus/OFFLINE", headers=ADMIN).status_code == 404
+
+
+@pytest.mark.parametrize("headers", ({}, {"Authorization": "Basic " + base64.b64encode(b"ops:wrong").decode()},
+                                     {"Authorization": "Bearer s3cr%t"}))
+def test_admin_routes_need_the_credentials(admin, client, headers):
+    response = client.post("/genesys/1/admin/node/changestatus/OFFLINE", headers=headers)
+    assert response.status_code == 401 and codes(response) == [609]
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert client.get("/genesys/1/node").status_code == 200
+
+
+def test_drain_and_undrain(admin, client, app, submit):
+    assert client.get("/genesys/1/admin/node/status", headers=ADMIN).data == b"ONLINE"
+    assert client.post("/genesys/1/admin/node/changestatus/OFFLINE", headers=ADMIN).status_code == 200
+    status = client.get("/genesys/1/admin/node/status", headers=ADMIN)
+    assert (status.data, status.mimetype) == (b"OFFLINE", "text/plain")
+    assert client.get("/genesys/1/node").status_code == 503
+    assert app.test_client().get("/genesys/1/node").status_code == 503  # every client of the node sees it
+    assert submit().get_json()["statusCode"] == 0  # requests already routed here are still served
+    client.post("/genesys/1/admin/node/changestatus/ONLINE", headers=ADMIN)
+    assert client.get("/genesys/1/node").status_code == 200
+
+
+def test_status_survives_a_restart(admin, client, options_file):
+    from app import create_app
+
+    client.post("/genesys/1/admin/node/changestatus/OFFLINE", headers=ADMIN)
+    assert create_app(options_file.path).test_client().get("/genesys/1/node").status_code == 503
+
+
+def test_unknown_status_is_404(admin, client):
+    assert client.post("/genesys/1/admin/node/changestatus/MAYBE", headers=ADMIN).status_code == 404

@@ -1,0 +1,69 @@
+"""What operators watch: one JSON log line per request without customer content, and Prometheus metrics."""
+import json
+import logging
+import re
+
+from app.logs import JsonFormatter
+from support import PDF
+
+
+def metric(page: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on a Prometheus page whose labels include `labels`."""
+    total = 0.0
+    for line in page.splitlines():
+        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if match and match[1] == name and set(labels.items()) <= set(re.findall(r'(\w+)="([^"]*)"', match[2] or "")):
+            total += float(match[3])
+    return total
+
+
+def request_lines(caplog):
+    return [json.loads(JsonFormatter().format(r)) for r in caplog.records if getattr(r, "fields", {}).get("event") == "request"]
+
+
+def test_one_log_line_per_request_without_customer_content(submit, caplog):
+    with caplog.at_level(logging.INFO, logger="app"):
+        response = submit(service="sales", files=[("invoice.pdf", PDF)], extra=[("userData", "secret=token-123")])
+    [line] = request_lines(caplog)
+    assert line["interaction_id"] == response.get_json()["interactionId"]
+    assert (line["service"], line["outcome"], line["status_code"], line["http_status"]) == ("sales", "delivered", 0, 200)
+    assert line["smtp_reply"] == 250 and line["attachment_bytes"] == len(PDF)
+    assert line["client"] == "127.0.0.1" and line["duration_ms"] >= 0 and line["time"]
+    logged = caplog.text + json.dumps(line)
+    for secret in ("Ana", "Lee", "ana@", "Invoice question", "invoice is wrong", "token-123", "invoice.pdf"):
+        assert secret not in logged
+
+
+def test_log_line_of_a_refused_request_names_its_codes(submit, smtp_server, caplog):
+    smtp_server.faults["RCPT"] = "550 no such user"
+    with caplog.at_level(logging.INFO, logger="app"):
+        submit(firstName="")
+        submit()
+    invalid, refused = request_lines(caplog)
+    assert (invalid["outcome"], invalid["error_codes"], invalid["http_status"]) == ("rejected", [102], 400)
+    assert (refused["outcome"], refused["error_codes"], refused["smtp_reply"]) == ("refused", [383], 550)
+
+
+def test_client_address_comes_from_x_forwarded_for_when_hops_are_trusted(options_file, submit, client, caplog):
+    options_file.write(server={"proxy_hops": "1"})
+    with caplog.at_level(logging.INFO, logger="app"):
+        client.get("/genesys/1/node", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert request_lines(caplog)[0]["client"] == "203.0.113.7"
+
+
+def test_metrics_count_requests_outcomes_and_bytes(client, submit, options_file):
+    def sample(name, **labels):
+        return metric(client.get("/metrics").get_data(as_text=True), name, **labels)
+
+    before = (sample("email_requests_total", service="sales", outcome="delivered"),
+              sample("email_errors_total", code="102"), sample("email_attachment_bytes_total"),
+              sample("email_options_reloads_total", result="ok"))
+    submit(service="sales", files=[("invoice.pdf", PDF)])
+    submit(firstName="")
+    options_file.write(email={"tenant": "Other"})
+    submit()
+    after = (sample("email_requests_total", service="sales", outcome="delivered"),
+             sample("email_errors_total", code="102"), sample("email_attachment_bytes_total"),
+             sample("email_options_reloads_total", result="ok"))
+    assert [b - a for a, b in zip(before, after)] == [1, 1, len(PDF), 1]
+    assert sample("email_smtp_round_trip_seconds_count") >= 2
