@@ -1,7 +1,9 @@
 """Test data and small encoders shared by the tests."""
 from __future__ import annotations
 
+import re
 import socket
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -45,3 +47,37 @@ def multipart(parts: list[tuple[str, Any]]) -> tuple[bytes, str]:
 
 def codes(response) -> list[int]:
     return [error["code"] for error in response.get_json()["errors"]]
+
+
+def metric(page: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on a Prometheus page whose labels include `labels`."""
+    total = 0.0
+    for line in page.splitlines():
+        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if match and match[1] == name and set(labels.items()) <= set(re.findall(r'(\w+)="([^"]*)"', match[2] or "")):
+            total += float(match[3])
+    return total
+
+
+class LineWatcher:
+    """Collects a process's output lines in a thread, so a test can wait for a line instead of sleeping."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self.closed = threading.Event()
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        with stream:
+            for line in stream:
+                with self._changed:
+                    self.lines.append(line)
+                    self._changed.notify_all()
+        self.closed.set()
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        with self._changed:
+            if not self._changed.wait_for(lambda: any(text in line for line in self.lines), timeout):
+                raise AssertionError(f"no line with {text!r} in:\n" + "".join(self.lines))
+            return next(line for line in self.lines if text in line)

@@ -1,20 +1,9 @@
 """What operators watch: one JSON log line per request without customer content, and Prometheus metrics."""
 import json
 import logging
-import re
 
 from app.logs import JsonFormatter
-from support import PDF
-
-
-def metric(page: str, name: str, **labels: str) -> float:
-    """The sum of a metric's samples on a Prometheus page whose labels include `labels`."""
-    total = 0.0
-    for line in page.splitlines():
-        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
-        if match and match[1] == name and set(labels.items()) <= set(re.findall(r'(\w+)="([^"]*)"', match[2] or "")):
-            total += float(match[3])
-    return total
+from support import PDF, metric
 
 
 def request_lines(caplog):

@@ -1,0 +1,294 @@
+"""End to end: nginx (deploy/nginx.conf) → gunicorn (deploy/gunicorn.conf.py) → Postfix → a Maildir.
+
+The same files and steps as the README's Deployment section, on loopback ports, with a Postfix
+instance of the test's own that delivers to a Maildir instead of relaying onward.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import mailbox
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+
+from support import PDF, PNG, LineWatcher, free_port, metric, multipart
+
+ROOT = Path(__file__).parent.parent
+pytestmark = pytest.mark.skipif(not (shutil.which("nginx") and shutil.which("postfix")),
+                                reason="needs nginx and postfix (Debian packages; .ci/run installs them)")
+ADMIN = ("ops", "drain-me")
+
+POSTFIX_MAIN = """\
+compatibility_level = 3.6
+queue_directory = {root}/spool
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = relay.test
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+message_size_limit = 52428800
+virtual_mailbox_limit = 0
+virtual_mailbox_domains = example.com
+virtual_mailbox_base = {root}/mail
+virtual_mailbox_maps = static:maildir/
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+virtual_minimum_uid = 1
+maillog_file_prefixes = {root}
+maillog_file = {root}/maillog
+"""
+POSTFIX_SERVICES = ("pickup unix n - n 60 1 pickup", "cleanup unix n - n - 0 cleanup", "qmgr unix n - n 300 1 qmgr",
+                    "rewrite unix - - n - - trivial-rewrite", "bounce unix - - n - 0 bounce",
+                    "defer unix - - n - 0 bounce", "trace unix - - n - 0 bounce", "verify unix - - n - 1 verify",
+                    "flush unix n - n 1000? 0 flush", "proxymap unix - - n - - proxymap",
+                    "showq unix n - n - - showq", "error unix - - n - - error", "retry unix - - n - - error",
+                    "discard unix - - n - - discard", "virtual unix - n n - - virtual",
+                    "anvil unix - - n - 1 anvil", "scache unix - - n - 1 scache",
+                    "postlog unix-dgram n - n - 1 postlogd", "smtp unix - - n - - smtp")
+NGINX_MAIN = """\
+daemon off;
+user root;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log;
+events {{ worker_connections 512; }}
+http {{
+    access_log {root}/nginx-access.log;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    include {root}/site.conf;
+}}
+"""
+
+
+def wait_for_port(port: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+class Chain:
+    """The running chain and what a test needs to talk to it and read what arrived."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.maildir = root / "postfix" / "mail" / "maildir"
+        self.options = root / "options.ini"
+        self.smtp_port, self.gunicorn_port, self.nginx_port = free_port(), free_port(), free_port()
+
+    def write_options(self, sales_max_files: int = 3) -> None:
+        temporary = self.options.with_suffix(".tmp")
+        temporary.write_text(
+            f"[email]\nmailbox = support@example.com\n"
+            f"[email.sales]\nmailbox = sales@example.com\nmax_files = {sales_max_files}\n"
+            f"[smtp]\nhost = 127.0.0.1\nport = {self.smtp_port}\nhelo_name = node1.test\n"
+            f"[admin]\nusername = {ADMIN[0]}\npassword = {ADMIN[1]}\n"
+            f"[server]\nreload_interval = 0.2\nproxy_hops = 1\nstatus_file = {self.root}/node.status\n"
+        )
+        os.replace(temporary, self.options)
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                source: str = "127.0.0.1") -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.nginx_port, timeout=60, source_address=(source, 0))
+        try:
+            connection.request(method, path, body, headers or {})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def post_form(self, files: list[tuple[str, bytes]] = (), service: str = "support", source: str = "127.0.0.1",
+                  **fields: str) -> tuple[int, dict]:
+        form = {"firstName": "Ana", "lastName": "Lee", "fromAddress": "ana@example.com", "subject": "Hi",
+                "text": "Hello", **fields}
+        body, content_type = multipart(list(form.items()) + [("files", f) for f in files])
+        status, answer = self.request("POST", f"/genesys/2/email/{service}", body, {"Content-Type": content_type},
+                                      source)
+        return status, json.loads(answer)
+
+    def delivered(self, interaction_ids: set[str], timeout: float = 20) -> dict[str, object]:
+        """Wait until Postfix has put an email for each id in the Maildir; the emails by id."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = {}
+            if self.maildir.exists():
+                for message in mailbox.Maildir(self.maildir, create=False):
+                    email = message_from_bytes(message.as_bytes(), policy=policy.default)
+                    found.setdefault(email["X-Genesys-Interaction-Id"], []).append(email)
+            if interaction_ids <= found.keys():
+                return found
+            if time.monotonic() > deadline:
+                log = (self.root / "postfix" / "maillog").read_text()[-3000:]
+                raise AssertionError(f"{interaction_ids - found.keys()} not delivered; Postfix's log ends:\n{log}")
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def chain():
+    """Postfix, gunicorn with the deploy configuration and nginx with the deploy site, on free loopback ports."""
+    # Postfix's own user must reach its data directory: pytest's temporary folders are private to root.
+    root = Path(tempfile.mkdtemp(prefix="email-api-deployment-"))
+    root.chmod(0o755)
+    chain = Chain(root)
+    postfix_root = chain.root / "postfix"
+    (postfix_root / "etc").mkdir(parents=True)
+    (postfix_root / "spool").mkdir()
+    for owned_by_postfix in ("data", "mail"):
+        (postfix_root / owned_by_postfix).mkdir()
+        shutil.chown(postfix_root / owned_by_postfix, "postfix", "postfix")
+    postfix_user = pwd.getpwnam("postfix")
+    (postfix_root / "etc" / "main.cf").write_text(
+        POSTFIX_MAIN.format(root=postfix_root, uid=postfix_user.pw_uid, gid=postfix_user.pw_gid))
+    (postfix_root / "etc" / "master.cf").write_text(
+        f"127.0.0.1:{chain.smtp_port} inet n - n - - smtpd\n" + "\n".join(POSTFIX_SERVICES) + "\n")
+    postfix = ["postfix", "-c", str(postfix_root / "etc")]
+    subprocess.run(postfix + ["check"], check=True)
+    postfix_process = subprocess.Popen(postfix + ["start-fg"])
+    wait_for_port(chain.smtp_port, postfix_process)
+
+    chain.write_options()
+    environment = {**os.environ, "OPTIONS_FILE": str(chain.options), "GUNICORN_BIND": f"127.0.0.1:{chain.gunicorn_port}",
+                   "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "4",
+                   "PROMETHEUS_MULTIPROC_DIR": str(chain.root / "metrics")}
+    chain.gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"],
+                                      cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True)
+    chain.log = LineWatcher(chain.gunicorn.stderr)
+    chain.log.wait_for("Booting worker")
+
+    site = (ROOT / "deploy" / "nginx.conf").read_text()
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{chain.nginx_port};")
+    site = site.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{chain.gunicorn_port};")
+    (chain.root / "site.conf").write_text(site)
+    (chain.root / "nginx.conf").write_text(NGINX_MAIN.format(root=chain.root))
+    subprocess.run(["nginx", "-t", "-q", "-c", str(chain.root / "nginx.conf")], check=True)
+    nginx = subprocess.Popen(["nginx", "-c", str(chain.root / "nginx.conf")])
+    wait_for_port(chain.nginx_port, nginx)
+    yield chain
+    nginx.terminate()
+    chain.gunicorn.terminate()
+    subprocess.run(postfix + ["stop"], check=False)
+    for process in (nginx, chain.gunicorn, postfix_process):
+        process.wait(timeout=60)
+    chain.log.closed.wait(timeout=10)
+    shutil.rmtree(root)
+
+
+def test_three_attachments_land_in_the_maildir_byte_identical(chain):
+    files = [("invoice.pdf", PDF), ("pixel.png", PNG), ("notes.txt", "Grüße\r\n".encode())]
+    status, answer = chain.post_form(files, userData="order=A-17")
+    assert (status, answer["statusCode"]) == (200, 0)
+    [email] = chain.delivered({answer["interactionId"]})[answer["interactionId"]]
+    assert [(p.get_filename(), p.get_payload(decode=True)) for p in email.iter_attachments()] == files
+    assert email["X-Genesys-User-Data"] == "order=A-17"
+    assert email["Message-ID"] == f"<{answer['interactionId']}@node1.test>"
+
+
+def test_an_upload_just_under_the_limit_lands_and_one_over_is_202(chain):
+    big = PDF + b"\0" * (int(9.5 * 1024 * 1024) - len(PDF))
+    status, answer = chain.post_form([("big.pdf", big)], source="127.0.0.11")
+    assert (status, answer["statusCode"]) == (200, 0)
+    [email] = chain.delivered({answer["interactionId"]})[answer["interactionId"]]
+    assert next(email.iter_attachments()).get_payload(decode=True) == big
+    status, answer = chain.post_form([("huge.pdf", PDF + b"\0" * (11 * 1000 * 1000))], source="127.0.0.11")
+    assert status == 400
+    assert answer["errors"][0]["code"] == 202 and answer["errors"][0]["advice"] == 10 * 1024 * 1024
+
+
+def test_the_logged_client_address_is_the_one_nginx_saw(chain):
+    status, answer = chain.post_form(source="127.0.0.42")
+    line = chain.log.wait_for(answer["interactionId"])
+    assert json.loads(line)["client"] == "127.0.0.42"
+
+
+def test_drain_and_undrain_through_nginx(chain):
+    auth = {"Authorization": "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()}
+    assert chain.request("POST", "/genesys/1/admin/node/changestatus/OFFLINE", headers=auth)[0] == 200
+    assert [chain.request("GET", "/genesys/1/node")[0] for _ in range(6)] == [503] * 6
+    assert chain.request("GET", "/genesys/1/admin/node/status", headers=auth) == (200, b"OFFLINE")
+    chain.request("POST", "/genesys/1/admin/node/changestatus/ONLINE", headers=auth)
+    assert [chain.request("GET", "/genesys/1/node")[0] for _ in range(6)] == [200] * 6
+
+
+def test_a_hup_while_requests_flow_loses_none(chain):
+    def post(i: int) -> dict:
+        if i == 12:
+            chain.gunicorn.send_signal(signal.SIGHUP)
+        return chain.post_form(source=f"127.0.1.{i % 50 + 1}")[1]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(post, range(60)))
+    assert [a["statusCode"] for a in answers] == [0] * 60
+    ids = {a["interactionId"] for a in answers}
+    delivered = chain.delivered(ids)
+    assert all(len(delivered.get(i, [])) == 1 for i in ids)
+    chain.log.wait_for("Handling signal: hup")
+
+
+def test_an_options_edit_reaches_every_worker(chain):
+    files = [(f"{i}.pdf", PDF) for i in range(3)]
+    assert chain.post_form(files, service="sales", source="127.0.2.1")[1]["statusCode"] == 0
+    chain.write_options(sales_max_files=2)
+    time.sleep(0.2 + 1)  # the contract's bound: in force reload_interval + 1 s after the edit
+    answers = [chain.post_form(files, service="sales", source=f"127.0.2.{i + 2}")[1] for i in range(12)]
+    assert [a["errors"][0]["advice"] for a in answers] == [2] * 12
+    chain.write_options()
+
+
+def test_metrics_count_what_was_sent_across_workers(chain):
+    page = chain.request("GET", "/metrics")[1].decode()
+    before = metric(page, "email_requests_total", outcome="delivered")
+    answers = [chain.post_form(source=f"127.0.3.{i + 1}")[1] for i in range(8)]
+    assert all(a["statusCode"] == 0 for a in answers)
+    page = chain.request("GET", "/metrics")[1].decode()
+    assert metric(page, "email_requests_total", outcome="delivered") == before + 8
+    assert metric(page, "email_smtp_round_trip_seconds_count") >= 8
+    assert re.search(r"^email_options_generation\S* \d", page, re.M)
+
+
+def test_floods_get_json_429(chain):
+    statuses = []
+    for _ in range(40):
+        status, body = chain.request("POST", "/genesys/2/email/support", b"", source="127.0.4.1")
+        statuses.append(status)
+        if status == 429:
+            assert json.loads(body)["errors"][0]["code"] == 610
+    assert 429 in statuses and statuses[0] != 429
+
+
+def test_unknown_paths_and_metrics_from_outside_are_json(chain):
+    status, body = chain.request("GET", "/index.html")
+    assert status == 404 and json.loads(body)["errors"][0]["code"] == 611
+    status, body = chain.request("GET", "/metrics", source="127.0.0.9")
+    assert status == 403 and json.loads(body)["statusCode"] == 2
