@@ -5,6 +5,7 @@ import codecs
 import mimetypes
 import re
 import unicodedata
+import zipfile
 from dataclasses import dataclass
 from typing import IO
 
@@ -22,7 +23,10 @@ from app.options import ServiceOptions
 
 FILE_FIELDS = ("files", "files[]")
 MAX_NAME = 200
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+MAX_ZIP_ENTRIES = 1000
+MAX_ZIP_UNCOMPRESSED = 1024**3  # bytes the central directory may claim in all
+# Controls, line breaks, and the bidirectional overrides that can show "evil\u202efdp.exe" as "evilexe.pdf".
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 MIME_TYPES = {
     "pdf": "application/pdf",
     "doc": "application/msword",
@@ -79,10 +83,24 @@ def _is_text(stream: IO[bytes]) -> bool:
     return False
 
 
+def _is_harmless_zip(stream: IO[bytes]) -> bool:
+    """A readable archive whose central directory claims no bomb; nothing is extracted."""
+    try:
+        with zipfile.ZipFile(stream) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+        return False
+    finally:
+        stream.seek(0)
+    return len(entries) <= MAX_ZIP_ENTRIES and sum(e.file_size for e in entries) <= MAX_ZIP_UNCOMPRESSED
+
+
 def content_matches(ext: str, stream: IO[bytes]) -> bool:
     """Whether the bytes are what the extension claims, for the formats that can be told."""
     if ext == "txt":
         return _is_text(stream)
+    if ext == "zip" and not _is_harmless_zip(stream):
+        return False
     if ext not in SIGNATURES:
         return True
     head = stream.read(8192)
@@ -103,7 +121,7 @@ def check_attachments(uploads: list[Upload], service: ServiceOptions) -> tuple[l
     attachments = []
     for position, upload in enumerate(uploads, start=1):
         if CONTROL.search(upload.filename):
-            problems.append(Problem(BAD_FILE_NAME, f"File {position}'s name holds a control character.", field="files"))
+            problems.append(Problem(BAD_FILE_NAME, f"File {position}'s name holds a control or text-direction character.", field="files"))
             continue
         name, ext = clean_name(upload.filename, position)
         if ext not in service.file_types:

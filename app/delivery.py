@@ -63,10 +63,10 @@ def _connect(smtp: SmtpOptions, helo: str) -> smtplib.SMTP:
 
 def _hello(client: smtplib.SMTP, envelope: Envelope) -> None:
     code, _ = client.ehlo()
-    if code != 250:
+    if 500 <= code < 600:  # an old server that knows no EHLO
         code, _ = client.helo()
-        if code != 250:
-            raise _refusal("EHLO", code, envelope)
+    if code != 250:
+        raise _refusal("EHLO", code, envelope)
 
 
 def _open_session(smtp: SmtpOptions, helo: str, envelope: Envelope) -> smtplib.SMTP:

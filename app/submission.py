@@ -18,6 +18,7 @@ from app.errors import (
     LAST_NAME_MISSING,
     SUBJECT_MISSING,
     TEXT_MISSING,
+    TOO_MANY_USER_DATA,
     ApiError,
     Problem,
 )
@@ -29,6 +30,9 @@ CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _SPACE = r"(?:\t|[^\S\x00-\x1f\x7f-\x9f\u2028\u2029])"
 TRIM = re.compile(rf"^{_SPACE}+|{_SPACE}+$")
 USER_DATA_FIELD = re.compile(r"userData\[(.*)\]", re.DOTALL)
+MAX_TEXT = 256 * 1024  # characters
+MAX_USER_DATA = 100  # pairs
+MAX_USER_DATA_KEY, MAX_USER_DATA_VALUE = 256, 4096  # characters
 # (field, code when missing, longest value allowed)
 ONE_LINE_FIELDS = (
     ("firstName", FIRST_NAME_MISSING, 256),
@@ -106,6 +110,8 @@ def _text(value: str, problems: list[Problem]) -> str:
         problems.append(Problem(CONTROL_CHARACTER, "text holds a NUL character.", field="text"))
     elif not value.strip():
         problems.append(Problem(TEXT_MISSING, "text is missing.", field="text"))
+    elif len(value.strip()) > MAX_TEXT:
+        problems.append(Problem(FIELD_TOO_LONG, f"text is longer than {MAX_TEXT} characters.", field="text"))
     return value.strip()
 
 
@@ -124,8 +130,14 @@ def _user_data(fields: list[tuple[str, str]], problems: list[Problem]) -> list[t
             problems.append(_control_problem("userData"))
         elif not trim(key):
             problems.append(Problem(EMPTY_USER_DATA_KEY, "A userData pair has an empty key.", field="userData"))
+        elif len(trim(key)) > MAX_USER_DATA_KEY or len(trim(value)) > MAX_USER_DATA_VALUE:
+            problems.append(Problem(FIELD_TOO_LONG, f"A userData key is longer than {MAX_USER_DATA_KEY} or its value "
+                                    f"longer than {MAX_USER_DATA_VALUE} characters.", field="userData"))
         else:
             pairs.append((trim(key), trim(value)))
+    if len(pairs) > MAX_USER_DATA:
+        problems.append(Problem(TOO_MANY_USER_DATA, f"At most {MAX_USER_DATA} userData pairs may be sent.",
+                                field="userData", advice=MAX_USER_DATA))
     return pairs
 
 

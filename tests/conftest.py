@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -9,7 +10,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import trustme
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult
 
 from app import create_app
 from support import GOOD_FORM, free_port, multipart
@@ -35,8 +38,8 @@ class FaultyHandler:
 
     async def _fault(self, server: Any, stage: str) -> str | None:
         fault = self.faults.get(stage)
-        if fault == "stall":
-            await asyncio.sleep(60)  # far past the client's timeout; the server's stop cancels it
+        if fault == "stall":  # until the client gives up
+            await asyncio.wait_for(server.lost.wait(), timeout=60)
         if fault == "drop":
             server.transport.abort()
             return "421 dropped"
@@ -61,15 +64,105 @@ class FaultyHandler:
         return "250 Message accepted"
 
 
+class FaultySMTP(SMTP):
+    """aiosmtpd's SMTP session, faulted on demand at the greeting, EHLO, STARTTLS, AUTH or DATA command."""
+
+    def connection_made(self, transport) -> None:
+        self.lost = asyncio.Event()
+        super().connection_made(transport)
+
+    def connection_lost(self, error) -> None:
+        self.lost.set()
+        super().connection_lost(error)
+
+    async def _fault(self, stage: str) -> bool:
+        fault = self.event_handler.faults.get(stage)
+        if not fault:
+            return False
+        if fault == "stall":  # until the client gives up
+            await asyncio.wait_for(self.lost.wait(), timeout=60)
+        elif fault == "drop":
+            self.transport.abort()
+        else:
+            await self.push(fault)
+        return True
+
+    async def _handle_client(self) -> None:
+        try:
+            if await self._fault("greeting"):
+                self._writer.close()
+                return
+        except asyncio.CancelledError:  # the client gave up: close as aiosmtpd does for a lost connection
+            self._writer.close()
+            raise
+        await super()._handle_client()
+
+    async def smtp_EHLO(self, arg: str) -> None:
+        if not await self._fault("EHLO"):
+            await super().smtp_EHLO(arg)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if not await self._fault("STARTTLS"):
+            await super().smtp_STARTTLS(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not await self._fault("AUTH"):
+            await super().smtp_AUTH(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if not await self._fault("DATA"):
+            await super().smtp_DATA(arg)
+
+
+class FaultyController(Controller):
+    def factory(self) -> SMTP:
+        return FaultySMTP(self.handler, **self.SMTP_kwargs)
+
+
 @pytest.fixture
 def smtp_server():
     """A real SMTP server (aiosmtpd) on a free port whose handler records messages and can be told to fail."""
     handler = FaultyHandler()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller = FaultyController(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     handler.port = controller.port
     yield handler
     controller.stop()
+
+
+@pytest.fixture(scope="session")
+def certificate_authority():
+    """A throw-away CA that signs the test relays' certificates."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def secure_relay(options_file, certificate_authority, tmp_path, smtp_server):
+    """Start a second server with STARTTLS or implicit TLS and AUTH (user gms), recording into `smtp_server`."""
+    controllers = []
+
+    def start(security: str) -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        certificate_authority.issue_cert("127.0.0.1").configure_cert(context)
+        ca_file = tmp_path / "ca.pem"
+        certificate_authority.cert_pem.write_to_path(str(ca_file))
+
+        def authenticate(server, session, envelope, mechanism, auth_data):
+            valid = (auth_data.login, auth_data.password) == (b"gms", b"p%$w,d")
+            return AuthResult(success=valid, handled=False)
+
+        port = free_port()
+        tls = {"ssl_context": context} if security == "ssl" else {"tls_context": context, "require_starttls": True}
+        controller = FaultyController(smtp_server, hostname="127.0.0.1", port=port, authenticator=authenticate,
+                                      auth_require_tls=security == "starttls", **tls)
+        controller.start()
+        controllers.append(controller)
+        options_file.write(smtp={"port": str(port), "security": security, "ca_file": str(ca_file),
+                                 "username": "gms", "password": '"p%$w,d"'})
+
+    yield start
+    for controller in controllers:
+        controller.stop()
 
 
 class OptionsFile:

@@ -1,11 +1,7 @@
 """SMTP outcomes (contract section 4): statusCode 0 only after a 250 to the end of DATA, and what each failure means."""
 import logging
-import ssl
 
 import pytest
-import trustme
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
 
 from support import codes, free_port
 
@@ -83,53 +79,25 @@ def test_lines_starting_with_a_dot_arrive_intact(submit, smtp_server):
     assert smtp_server.messages[0].email.get_content() == text + "\r\n"
 
 
-@pytest.fixture(scope="module")
-def certificate_authority():
-    """A throw-away CA that signs the test relay's certificate."""
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_relay(request, options_file, certificate_authority, tmp_path, smtp_server):
-    """A second aiosmtpd server with STARTTLS or implicit TLS, AUTH, and the same recording handler."""
-    security = request.param
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    certificate_authority.issue_cert("127.0.0.1").configure_cert(context)
-    ca_file = tmp_path / "ca.pem"
-    certificate_authority.cert_pem.write_to_path(str(ca_file))
-
-    def authenticate(server, session, envelope, mechanism, auth_data):
-        return AuthResult(success=(auth_data.login, auth_data.password) == (b"gms", b"p%$w,d"), handled=False)
-
-    port = free_port()
-    kwargs = {"ssl_context": context} if security == "ssl" else {"tls_context": context, "require_starttls": True}
-    controller = Controller(smtp_server, hostname="127.0.0.1", port=port, authenticator=authenticate,
-                            auth_require_tls=security == "starttls", **kwargs)
-    controller.start()
-    options_file.write(smtp={"port": str(port), "security": security, "ca_file": str(ca_file),
-                             "username": "gms", "password": '"p%$w,d"'})
-    yield options_file
-    controller.stop()
-
-
-@pytest.mark.parametrize("tls_relay", ("starttls", "ssl"), indirect=True)
-def test_tls_and_auth_deliver(tls_relay, submit, smtp_server):
+@pytest.mark.parametrize("security", ("starttls", "ssl"))
+def test_tls_and_auth_deliver(secure_relay, submit, smtp_server, security):
+    secure_relay(security)
     response = submit()
     assert response.get_json() == {"statusCode": 0, "interactionId": response.get_json()["interactionId"]}
     assert len(smtp_server.messages) == 1
 
 
-@pytest.mark.parametrize("tls_relay", ("starttls",), indirect=True)
-def test_wrong_password_is_a_permanent_error(tls_relay, submit, smtp_server):
-    tls_relay.write(smtp={"password": "wrong"})
+def test_wrong_password_is_a_permanent_error(secure_relay, options_file, submit, smtp_server):
+    secure_relay("starttls")
+    options_file.write(smtp={"password": "wrong"})
     response = submit()
     assert response.get_json()["statusCode"] == 2 and codes(response) == [613]
     assert smtp_server.messages == []
 
 
-@pytest.mark.parametrize("tls_relay", ("ssl",), indirect=True)
-def test_untrusted_certificate_is_a_permanent_error(tls_relay, submit, smtp_server):
-    tls_relay.write(smtp={"ca_file": ""})
+def test_untrusted_certificate_is_a_permanent_error(secure_relay, options_file, submit, smtp_server):
+    secure_relay("ssl")
+    options_file.write(smtp={"ca_file": ""})
     response = submit()
     assert response.get_json()["statusCode"] == 2 and codes(response) == [613]
     assert "certificate" in response.get_json()["errors"][0]["message"]
