@@ -39,7 +39,7 @@ class FaultyHandler:
     async def _fault(self, server: Any, stage: str) -> str | None:
         fault = self.faults.get(stage)
         if fault == "stall":  # until the client gives up
-            await asyncio.wait_for(server.lost.wait(), timeout=60)
+            await server.lost.wait()
         if fault == "drop":
             server.transport.abort()
             return "421 dropped"
@@ -80,7 +80,7 @@ class FaultySMTP(SMTP):
         if not fault:
             return False
         if fault == "stall":  # until the client gives up
-            await asyncio.wait_for(self.lost.wait(), timeout=60)
+            await self.lost.wait()
         elif fault == "drop":
             self.transport.abort()
         else:
