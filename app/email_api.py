@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from importlib import resources
 import logging
 import re
 import time
@@ -33,6 +34,7 @@ bp = Blueprint("email_api", __name__)
 log = logging.getLogger(__name__)
 SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 HTTP_ERROR_CODES = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED}
+OPENAPI = resources.files("app").joinpath("openapi.yaml").read_text(encoding="utf-8")
 
 
 def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -47,6 +49,12 @@ def options_store() -> OptionsStore:
 def note(**fields: Any) -> None:
     """Add to this request's log line (never customer content: no text, names or addresses)."""
     g.setdefault("log_fields", {}).update(fields)
+
+
+@bp.get("/genesys/2/email/openapi.yaml")
+def openapi() -> Response:
+    """The OpenAPI 3.1 description of this API."""
+    return Response(OPENAPI, content_type="application/yaml;charset=utf-8")
 
 
 @bp.route("/genesys/2/email", methods=["OPTIONS"], defaults={"service_name": "email"})
