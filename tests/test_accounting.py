@@ -1,0 +1,168 @@
+"""Accounting under load: nothing lost, nothing delivered twice, no false success, no 5xx.
+
+The real gunicorn with the deploy configuration, 16 concurrent clients, 2000 mixed requests, a relay
+that fails 10 % of messages in random ways, and options.ini rewritten every second, alternating
+valid edits and broken files.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from conftest import Received
+from support import PDF, PNG, LineWatcher, free_port, multipart
+
+ROOT = Path(__file__).parent.parent
+REQUESTS, CLIENTS, FAULT_RATE = 2000, 16, 0.10
+FAULTS = (("MAIL", "451 4.3.0 try later"), ("RCPT", "550 5.1.1 no such user"), ("RCPT", "drop"),
+          ("END", "451 4.3.0 try later"), ("END", "554 5.7.1 refused"), ("END", "drop"))
+
+
+class ChaosHandler:
+    """Accepts most messages and records them; fails one in ten at a random stage in a random way."""
+
+    def __init__(self, seed: int) -> None:
+        self.random = random.Random(seed)
+        self.lock = threading.Lock()
+        self.received: list[Received] = []
+
+    async def handle_MAIL(self, server, session, envelope, address, options):
+        session.fault = self.random.choice(FAULTS) if self.random.random() < FAULT_RATE else (None, None)
+        return self._fault(server, session, "MAIL") or self._accept_mail(envelope, address)
+
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        if reply := self._fault(server, session, "RCPT"):
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if reply := self._fault(server, session, "END"):
+            return reply
+        with self.lock:
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 OK"
+
+    @staticmethod
+    def _accept_mail(envelope, address) -> str:
+        envelope.mail_from = address
+        return "250 OK"
+
+    @staticmethod
+    def _fault(server, session, stage: str) -> str | None:
+        fault_stage, reply = getattr(session, "fault", (None, None))
+        if fault_stage != stage:
+            return None
+        if reply == "drop":
+            server.transport.abort()
+            return "421 dropped"
+        return reply
+
+
+def form(rng: random.Random) -> tuple[str, dict]:
+    """A request of a random kind and what it is: valid, valid with files, or invalid."""
+    fields = {"firstName": "Ana", "lastName": "Lee", "fromAddress": "ana@example.com", "subject": "Hi", "text": "Hello"}
+    files = []
+    kind = rng.choices(("valid", "files", "invalid"), weights=(6, 2, 2))[0]
+    if kind == "files":
+        files = [("invoice.pdf", PDF), ("pixel.png", PNG)][: rng.randint(1, 2)]
+    elif kind == "invalid":
+        if rng.random() < 0.5:
+            fields["firstName"] = ""
+        else:
+            files = [("tool.exe", b"MZ")]
+    return kind, {"parts": list(fields.items()) + [("userData", f"n={rng.randint(0, 10**9)}")]
+                  + [("files", f) for f in files]}
+
+
+def rewrite_options_every_second(path: Path, smtp_port: int, stop: threading.Event) -> int:
+    """Alternate a valid edit and a broken file until told to stop; how many rewrites were made."""
+    rewrites = 0
+    while not stop.wait(1):
+        rewrites += 1
+        if rewrites % 2:
+            text = "[email]\nmailbox = support@example.com\nmax_files = lots\n[smtp\nport = nope\n"
+        else:
+            text = (f"[email]\nmailbox = support@example.com\ntenant = T{rewrites}\n"
+                    f"[smtp]\nport = {smtp_port}\ntimeout = 5\n[server]\nreload_interval = 0.5\n")
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    return rewrites
+
+
+def test_every_success_is_one_email_and_every_email_a_success(tmp_path, capsys):
+    handler = ChaosHandler(seed=20261128)
+    smtp_port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    options = tmp_path / "options.ini"
+    options.write_text(f"[email]\nmailbox = support@example.com\n[smtp]\nport = {smtp_port}\ntimeout = 5\n"
+                       "[server]\nreload_interval = 0.5\n")
+    port = free_port()
+    environment = {**os.environ, "OPTIONS_FILE": str(options), "GUNICORN_BIND": f"127.0.0.1:{port}",
+                   "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    gunicorn = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=environment,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = LineWatcher(gunicorn.stderr)
+    log.wait_for("Booting worker")
+    stop = threading.Event()
+    rewriter = ThreadPoolExecutor(1).submit(rewrite_options_every_second, options, smtp_port, stop)
+
+    def post(seed: int) -> tuple[str, int, dict, float]:
+        kind, request = form(random.Random(seed))
+        body, content_type = multipart(request["parts"])
+        started = time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            connection.request("POST", "/genesys/2/email/support", body, {"Content-Type": content_type})
+            response = connection.getresponse()
+            return kind, response.status, json.loads(response.read()), time.monotonic() - started
+        finally:
+            connection.close()
+
+    try:
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            results = list(pool.map(post, range(REQUESTS)))
+    finally:
+        stop.set()
+        rewrites = rewriter.result()
+        gunicorn.terminate()
+        gunicorn.wait(timeout=60)
+        log.closed.wait(timeout=10)
+        controller.stop()
+
+    successes = Counter(answer["interactionId"] for _, _, answer, _ in results if answer.get("statusCode") == 0)
+    received = Counter(message.email["X-Genesys-Interaction-Id"] for message in handler.received)
+    server_errors = sum(status >= 500 for _, status, _, _ in results)
+    lost = [i for i in successes if received[i] == 0]
+    duplicated = [i for i in received if received[i] > 1 or successes[i] > 1]
+    false_successes = [i for i in received if i not in successes]
+    invalid_accepted = [a for kind, _, a, _ in results if kind == "invalid" and a.get("statusCode") == 0]
+    tallies = Counter((kind, answer.get("statusCode")) for kind, _, answer, _ in results)
+    slowest = max(seconds for *_, seconds in results)
+    refused_reloads = sum("reload refused" in line for line in log.lines)
+    with capsys.disabled():
+        print(f"\naccounting: {REQUESTS} requests, {CLIENTS} clients, {rewrites} options rewrites "
+              f"({refused_reloads} refused reloads logged); answers by (kind, statusCode): {dict(sorted(tallies.items()))}")
+        print(f"accounting: {len(successes)} statusCode 0, {len(handler.received)} emails received; "
+              f"lost {len(lost)}, duplicated {len(duplicated)}, false successes {len(false_successes)}, "
+              f"HTTP 5xx {server_errors}; slowest answer {slowest:.3f} s")
+    assert server_errors == 0
+    assert lost == [] and duplicated == [] and false_successes == []
+    assert invalid_accepted == []
+    assert len(results) == REQUESTS
+    assert refused_reloads > 0 and rewrites >= 2
