@@ -4,6 +4,9 @@ from __future__ import annotations
 import re
 import smtplib
 import ssl
+import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from app.errors import (
@@ -18,6 +21,7 @@ from app.errors import (
 from app.options import SmtpOptions
 
 RETRY_LATER = "The message could not be delivered now; please try again later."
+IDLE_LIMIT = 30  # seconds a kept session may rest; relays close idle ones (Postfix after 300 s)
 
 
 @dataclass(frozen=True)
@@ -74,31 +78,76 @@ def _open_session(smtp: SmtpOptions, helo: str, envelope: Envelope) -> smtplib.S
         client = _connect(smtp, helo)
     except smtplib.SMTPConnectError as exc:
         raise _refusal("greeting", exc.smtp_code, envelope) from None
+    stage = "EHLO"
     try:
         _hello(client, envelope)
         if smtp.security == "starttls":
+            stage = "STARTTLS"
             client.starttls(context=_tls_context(smtp))
             _hello(client, envelope)
         if smtp.username:
+            stage = "AUTH"
             client.login(smtp.username, smtp.password)
     except smtplib.SMTPResponseException as exc:
         client.close()
-        raise _refusal("AUTH" if smtp.username else "STARTTLS", exc.smtp_code, envelope) from None
+        raise _refusal(stage, exc.smtp_code, envelope) from None
     except BaseException:
         client.close()
         raise
     return client
 
 
-def _data(message: bytes) -> bytes:
-    """The DATA payload: CRLF line ends, dot-stuffed, with the end-of-data marker."""
-    message = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
-    if not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    return re.sub(rb"(?m)^\.", b"..", message) + b".\r\n"
+@dataclass
+class _KeptSession:
+    settings: tuple
+    client: smtplib.SMTP
+    last_used: float
 
 
-def _transaction(client: smtplib.SMTP, message: bytes, envelope: Envelope) -> None:
+_kept = threading.local()  # one session per worker thread, reused from message to message
+
+
+def close_kept_session() -> None:
+    """Close this thread's kept session with the relay, if any."""
+    kept = getattr(_kept, "session", None)
+    _kept.session = None
+    if kept is not None:
+        kept.client.close()
+
+
+def _session(smtp: SmtpOptions, helo: str, envelope: Envelope) -> smtplib.SMTP:
+    """This thread's session with the relay: the kept one if it answers RSET, else a new one.
+
+    A kept session that broke is replaced before MAIL, when nothing of this message was sent.
+    """
+    settings = (smtp, helo)
+    kept = getattr(_kept, "session", None)
+    if kept is not None and kept.settings == settings and time.monotonic() - kept.last_used < IDLE_LIMIT:
+        try:
+            if kept.client.rset()[0] == 250:
+                return kept.client
+        except (OSError, smtplib.SMTPException):
+            pass
+    close_kept_session()
+    client = _open_session(smtp, helo, envelope)
+    _kept.session = _KeptSession(settings, client, time.monotonic())
+    return client
+
+
+DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
+
+
+def _send_data(client: smtplib.SMTP, chunks: Iterable[bytes]) -> None:
+    """Send the message dot-stuffed, then the end-of-data marker; each chunk starts a line or with CRLF."""
+    last = b"\r\n"
+    for chunk in chunks:
+        if chunk:
+            client.send(DOT_AT_LINE_START.sub(b"..", chunk))
+            last = chunk
+    client.send(b".\r\n" if last.endswith(b"\r\n") else b"\r\n.\r\n")
+
+
+def _transaction(client: smtplib.SMTP, chunks: Iterable[bytes], envelope: Envelope) -> None:
     code, _ = client.mail(envelope.mail_from)
     if code != 250:
         raise _refusal("MAIL", code, envelope)
@@ -108,7 +157,7 @@ def _transaction(client: smtplib.SMTP, message: bytes, envelope: Envelope) -> No
     code, _ = client.docmd("DATA")
     if code != 354:
         raise _refusal("DATA", code, envelope)
-    client.send(_data(message))
+    _send_data(client, chunks)
     # The end of DATA is sent: from here on the relay may hold the message, so nothing is resent.
     try:
         code, _ = client.getreply()
@@ -118,13 +167,14 @@ def _transaction(client: smtplib.SMTP, message: bytes, envelope: Envelope) -> No
         raise _refusal("END", code, envelope)
 
 
-def deliver(message: bytes, envelope: Envelope, smtp: SmtpOptions, helo: str) -> None:
+def deliver(chunks: Iterable[bytes], envelope: Envelope, smtp: SmtpOptions, helo: str) -> None:
     """Send one message; return only once the relay answered 250 to the end of DATA.
 
     Raises TransientDeliveryError when trying again may help, PermanentDeliveryError when not.
+    The session is kept for the thread's next message only after a success.
     """
     try:
-        client = _open_session(smtp, helo, envelope)
+        client = _session(smtp, helo, envelope)
     except ssl.SSLCertVerificationError as exc:
         problem = Problem(DELIVERY_REFUSED, f"The mail server's certificate is not trusted: {exc.verify_message}.")
         raise PermanentDeliveryError(problem, None, 200) from None
@@ -136,11 +186,11 @@ def deliver(message: bytes, envelope: Envelope, smtp: SmtpOptions, helo: str) ->
     except OSError:
         raise TransientDeliveryError(RETRY_LATER) from None
     try:
-        _transaction(client, message, envelope)
+        _transaction(client, chunks, envelope)
     except OSError:  # smtplib's errors too: the connection broke before the end of DATA was sent
+        close_kept_session()
         raise TransientDeliveryError(RETRY_LATER) from None
-    finally:
-        try:
-            client.quit()
-        except (OSError, smtplib.SMTPException):
-            client.close()
+    except BaseException:
+        close_kept_session()
+        raise
+    _kept.session.last_used = time.monotonic()

@@ -103,7 +103,7 @@ def _send(submission: Submission, interaction_id: str, service: ServiceOptions, 
     )
     started = time.monotonic()
     try:
-        deliver(message.as_bytes(), envelope, options.smtp, helo_name(options.smtp))
+        deliver(message.chunks(), envelope, options.smtp, helo_name(options.smtp))
     except DeliveryError as exc:
         note(smtp_reply=exc.reply_code)
         if isinstance(exc, TransientDeliveryError) and exc.ambiguous:

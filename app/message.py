@@ -1,19 +1,43 @@
 """Compose the email an agent receives from a validated submission."""
 from __future__ import annotations
 
+import base64
+import re
 import secrets
 import socket
 import string
+from dataclasses import dataclass, field
 from email import policy
 from email.header import Header
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
-from email.utils import localtime, quote
+from email.utils import format_datetime, localtime, quote
+from typing import Iterator
 
+from app.attachments import Attachment
 from app.options import ServiceOptions, SmtpOptions
 from app.submission import Submission
 
 ID_ALPHABET = string.digits + string.ascii_uppercase
 HOST_NAME = socket.gethostname()  # read once: no look-up per request
+BASE64_BLOCK = 57 * 1024  # bytes read at a time: 1024 lines of base64
+
+
+class _CachedHeaderRegistry(HeaderRegistry):
+    """The standard registry, but building each header class once instead of once per header set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        key = name.lower()
+        if key not in self._classes:
+            self._classes[key] = super().__getitem__(name)
+        return self._classes[key]
+
+
+POLICY = policy.SMTP.clone(header_factory=_CachedHeaderRegistry())
 
 
 def new_interaction_id() -> str:
@@ -26,12 +50,12 @@ def helo_name(smtp: SmtpOptions) -> str:
 
 
 class _FoldedHeader(str):
-    """A header whose wire form this module writes itself, for two cases the email package gets wrong.
+    """A header whose wire form this module writes itself.
 
-    Text that looks like an encoded word (`=?...?=`) would be decoded by a reader, and a
-    long non-ASCII display name comes out with spaces moved; encoded words written here
-    read back exactly. The email package stores and emits any value with a `name` and a
-    `fold()` as it is.
+    Plain short ASCII needs no parsing or folding. Text that looks like an encoded word
+    (`=?...?=`) would be decoded by a reader, and a long non-ASCII display name comes out
+    of the email package with spaces moved: encoded words written here read back exactly.
+    The email package stores and emits any value with a `name` and a `fold()` as it is.
     """
 
     def __new__(cls, name: str, text: str, wire: str) -> _FoldedHeader:
@@ -48,7 +72,13 @@ def _encoded_words(name: str, text: str) -> str:
 
 
 def _add_text_header(message: EmailMessage, name: str, text: str) -> None:
-    message[name] = _FoldedHeader(name, text, _encoded_words(name, text)) if "=?" in text else text
+    """Add an unstructured header; its value was checked to hold no control character."""
+    if "=?" in text:
+        message[name] = _FoldedHeader(name, text, _encoded_words(name, text))
+    elif text.isascii() and len(name) + 2 + len(text) <= 78:
+        message[name] = _FoldedHeader(name, text, text)
+    else:
+        message[name] = text
 
 
 def _from_header(display_name: str, address: str) -> _FoldedHeader:
@@ -60,19 +90,56 @@ def _from_header(display_name: str, address: str) -> _FoldedHeader:
     return _FoldedHeader("From", f"{display_name} <{address}>", wire)
 
 
-def compose(submission: Submission, interaction_id: str, service: ServiceOptions, smtp: SmtpOptions) -> EmailMessage:
+@dataclass
+class OutgoingEmail:
+    """The composed email. Attachment bodies stand in `message` as placeholders and are streamed by `chunks()`."""
+
+    message: EmailMessage
+    placeholders: dict[bytes, Attachment] = field(default_factory=dict)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The email as CRLF-terminated lines, with each attachment base64-encoded a block at a time.
+
+        Every chunk starts at the beginning of a line or with CRLF, so that each can be dot-stuffed alone.
+        """
+        wire = self.message.as_bytes()
+        if not self.placeholders:
+            yield wire
+            return
+        position = 0
+        for match in re.finditer(b"|".join(map(re.escape, self.placeholders)), wire):
+            yield wire[position:match.start()]
+            yield from _base64_lines(self.placeholders[match[0]])
+            position = match.end()
+        yield wire[position:]
+
+    def as_bytes(self) -> bytes:
+        return b"".join(self.chunks())
+
+
+def _base64_lines(attachment: Attachment) -> Iterator[bytes]:
+    """The attachment's bytes as base64 lines of 76 characters joined by CRLF, with no CRLF after the last."""
+    attachment.stream.seek(0)
+    separator = b""
+    while block := attachment.stream.read(BASE64_BLOCK):
+        yield separator + base64.encodebytes(block)[:-1].replace(b"\n", b"\r\n")
+        separator = b"\r\n"
+
+
+def compose(submission: Submission, interaction_id: str, service: ServiceOptions, smtp: SmtpOptions) -> OutgoingEmail:
     """Build the email with the headers of contract section 6 and every attachment."""
-    message = EmailMessage(policy=policy.SMTP)
+    message = EmailMessage(policy=POLICY)
     display_name = f"{submission.first_name} {submission.last_name}"
     message["From"] = _from_header(display_name, submission.from_address)
     if smtp.envelope_from:
-        message["Sender"] = smtp.envelope_from
-    message["To"] = submission.mailbox
+        message["Sender"] = _FoldedHeader("Sender", smtp.envelope_from, smtp.envelope_from)
+    message["To"] = _FoldedHeader("To", submission.mailbox, submission.mailbox)
     _add_text_header(message, "Subject", submission.subject)
-    message["Date"] = localtime()
-    message["Message-ID"] = f"<{interaction_id}@{helo_name(smtp)}>"
-    message["X-Genesys-Interaction-Id"] = interaction_id
-    message["X-Genesys-Service"] = submission.service
+    message["Date"] = _FoldedHeader("Date", date := format_datetime(localtime()), date)
+    message["Message-ID"] = _FoldedHeader("Message-ID", message_id := f"<{interaction_id}@{helo_name(smtp)}>",
+                                          message_id)
+    _add_text_header(message, "X-Genesys-Interaction-Id", interaction_id)
+    _add_text_header(message, "X-Genesys-Service", submission.service)
     if service.tenant:
         _add_text_header(message, "X-Genesys-Tenant", service.tenant)
     _add_text_header(message, "X-Genesys-First-Name", submission.first_name)
@@ -80,9 +147,11 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
     for key, value in submission.user_data:
         _add_text_header(message, "X-Genesys-User-Data", f"{key}={value}")
     message.set_content(submission.text, charset="utf-8")
+    outgoing = OutgoingEmail(message)
     for attachment in submission.attachments:
         maintype, _, subtype = attachment.content_type.partition("/")
-        attachment.stream.seek(0)
-        message.add_attachment(attachment.stream.read(), maintype=maintype, subtype=subtype,
-                               filename=attachment.filename)
-    return message
+        message.add_attachment(b"", maintype=maintype, subtype=subtype, filename=attachment.filename)
+        placeholder = f"ATTACHMENT-{secrets.token_hex(16)}"
+        message.get_payload()[-1].set_payload(placeholder)
+        outgoing.placeholders[placeholder.encode()] = attachment
+    return outgoing

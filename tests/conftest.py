@@ -15,6 +15,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
 
 from app import create_app
+from app.delivery import close_kept_session
 from support import GOOD_FORM, free_port, multipart
 
 
@@ -35,6 +36,7 @@ class FaultyHandler:
 
     messages: list[Received] = field(default_factory=list)
     faults: dict[str, str] = field(default_factory=dict)
+    sessions: int = 0
 
     async def _fault(self, server: Any, stage: str) -> str | None:
         fault = self.faults.get(stage)
@@ -98,6 +100,7 @@ class FaultySMTP(SMTP):
         await super()._handle_client()
 
     async def smtp_EHLO(self, arg: str) -> None:
+        self.event_handler.sessions += 1  # a client's session; the controller's own start-up probe says no EHLO
         if not await self._fault("EHLO"):
             await super().smtp_EHLO(arg)
 
@@ -108,6 +111,10 @@ class FaultySMTP(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         if not await self._fault("AUTH"):
             await super().smtp_AUTH(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._fault("RSET"):
+            await super().smtp_RSET(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
         if not await self._fault("DATA"):
@@ -127,6 +134,7 @@ def smtp_server():
     controller.start()
     handler.port = controller.port
     yield handler
+    close_kept_session()  # the app keeps its session per thread; this thread's ends with the test
     controller.stop()
 
 
@@ -161,6 +169,7 @@ def secure_relay(options_file, certificate_authority, tmp_path, smtp_server):
                                  "username": "gms", "password": '"p%$w,d"'})
 
     yield start
+    close_kept_session()
     for controller in controllers:
         controller.stop()
 

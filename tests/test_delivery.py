@@ -101,3 +101,31 @@ def test_untrusted_certificate_is_a_permanent_error(secure_relay, options_file, 
     response = submit()
     assert response.get_json()["statusCode"] == 2 and codes(response) == [613]
     assert "certificate" in response.get_json()["errors"][0]["message"]
+
+
+def test_one_session_serves_message_after_message(submit, smtp_server):
+    assert [submit().get_json()["statusCode"] for _ in range(3)] == [0, 0, 0]
+    assert (smtp_server.sessions, len(smtp_server.messages)) == (1, 3)
+
+
+@pytest.mark.parametrize("fault", ("drop", "421 4.4.2 idle too long"))
+def test_a_kept_session_that_broke_is_replaced_before_mail(submit, smtp_server, fault):
+    assert submit().get_json()["statusCode"] == 0
+    smtp_server.faults["RSET"] = fault
+    assert submit().get_json()["statusCode"] == 0
+    assert (smtp_server.sessions, len(smtp_server.messages)) == (2, 2)
+
+
+def test_a_session_idle_too_long_is_not_reused(submit, smtp_server, monkeypatch):
+    monkeypatch.setattr("app.delivery.IDLE_LIMIT", 0)
+    submit()
+    submit()
+    assert (smtp_server.sessions, len(smtp_server.messages)) == (2, 2)
+
+
+def test_a_failed_message_closes_its_session(submit, smtp_server):
+    smtp_server.faults["RCPT"] = "450 4.2.1 busy"
+    assert submit().get_json()["statusCode"] == 1
+    del smtp_server.faults["RCPT"]
+    assert submit().get_json()["statusCode"] == 0
+    assert (smtp_server.sessions, len(smtp_server.messages)) == (2, 1)

@@ -1,0 +1,213 @@
+"""Benchmark this service (A) against the naive script (N) and Flask's ceiling (H), in one run.
+
+`python -m bench.run` — wrk drives each under the same gunicorn configuration (deploy/gunicorn.conf.py),
+Postfix's smtp-sink is the SMTP server, runs alternate A/N/H and repeat, and the table gives medians.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+APPS = {"A": "wsgi:app", "N": "bench.naive:app", "H": "bench.hello:app"}
+PDF_HEAD = b"%PDF-1.4\n"
+PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+TARGETS = "w1 A/N >= 1.3, w1 A/H >= 0.3, w2 A/N >= 1.2, w1 A p99 <= 50 ms, w3 A growth <= 2x payload"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def multipart(fields: dict[str, str], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "benchboundary7MA4YWxkTrZu0gW"
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                    for k, v in fields.items())
+    for name, content in files:
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n").encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+FIELDS = {"firstName": "Ana", "lastName": "Lee", "fromAddress": "ana@example.com", "subject": "Invoice question",
+          "text": "Hello, my invoice is wrong.", "userData": "order=A-17"}
+
+
+def workloads(folder: Path) -> dict[str, tuple[Path, str]]:
+    """w1: a small urlencoded form; w2: multipart with three 100 KB attachments. Body file and content type."""
+    w1 = urllib.parse.urlencode(FIELDS).encode()
+    files = [("a.png", PNG_HEAD + b"\0" * (100_000 - len(PNG_HEAD))),
+             ("b.pdf", PDF_HEAD + b"\0" * (100_000 - len(PDF_HEAD))),
+             ("c.pdf", PDF_HEAD + b"\1" * (100_000 - len(PDF_HEAD)))]
+    w2, w2_type = multipart(FIELDS, files)
+    (folder / "w1.body").write_bytes(w1)
+    (folder / "w2.body").write_bytes(w2)
+    return {"w1": (folder / "w1.body", "application/x-www-form-urlencoded"), "w2": (folder / "w2.body", w2_type)}
+
+
+class Server:
+    """One of A, N, H under gunicorn with the deploy configuration."""
+
+    def __init__(self, name: str, folder: Path, smtp_port: int, workers: int = 2) -> None:
+        self.port = free_port()
+        options = folder / "options.ini"
+        options.write_text(f"[email]\nmailbox = support@example.com\n[smtp]\nport = {smtp_port}\n")
+        metrics = folder / f"metrics-{name}"
+        environment = {**os.environ, "OPTIONS_FILE": str(options), "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+                       "GUNICORN_WORKERS": str(workers), "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+                       "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port)}
+        self.log = open(folder / f"gunicorn-{name}.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", APPS[name]],
+            cwd=ROOT, env=environment, stdout=self.log, stderr=self.log)
+        wait_for_port(self.port, self.process)
+
+    def worker_pid(self) -> int:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return int(children[0])
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+def wrk(port: int, body: Path, content_type: str, seconds: float, connections: int) -> dict:
+    environment = {**os.environ, "BENCH_BODY": str(body), "BENCH_CONTENT_TYPE": content_type}
+    output = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+         "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{port}/genesys/2/email/support"],
+        env=environment, capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def peak_rss_growth(server: Server, body: bytes, content_type: str, posts: int) -> tuple[int, int]:
+    """The worker's VmHWM growth over `posts` posts of `body`, and how many answers were statusCode 0."""
+    def vm_hwm() -> int:
+        status = Path(f"/proc/{server.worker_pid()}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+    def post(data: bytes, kind: str) -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection.request("POST", "/genesys/2/email/support", data, {"Content-Type": kind})
+        answer = connection.getresponse().read()
+        connection.close()
+        return b'"statusCode": 0' in answer or b'"statusCode":0' in answer
+
+    post(urllib.parse.urlencode(FIELDS).encode(), "application/x-www-form-urlencoded")  # warm: app and SMTP loaded
+    before = vm_hwm()
+    delivered = sum(post(body, content_type) for _ in range(posts))
+    return vm_hwm() - before, delivered
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of A, N, H")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--posts", type=int, default=5, help="w3: posts of the 9.5 MB form")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="email-api-bench-") as name:
+        folder = Path(name)
+        smtp_port = free_port()
+        as_root = ["-u", "nobody"] if os.geteuid() == 0 else []
+        sink = subprocess.Popen(["smtp-sink", *as_root, f"127.0.0.1:{smtp_port}", "256"])
+        try:
+            wait_for_port(smtp_port, sink)
+            runs = measure_throughput(folder, smtp_port, args)
+            memory = measure_memory(folder, smtp_port, args.posts)
+        finally:
+            sink.terminate()
+            sink.wait()
+    print(report(runs, memory, args))
+    return 0
+
+
+def measure_throughput(folder: Path, smtp_port: int, args: argparse.Namespace) -> dict[tuple[str, str], list[dict]]:
+    bodies = workloads(folder)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(args.repeats):
+        for name in APPS:
+            server = Server(name, folder, smtp_port)
+            try:
+                for workload, (body, content_type) in bodies.items():
+                    wrk(server.port, body, content_type, 1, args.connections)  # warm up
+                    result = wrk(server.port, body, content_type, args.seconds, args.connections)
+                    runs.setdefault((workload, name), []).append(result)
+            finally:
+                server.close()
+    return runs
+
+
+def measure_memory(folder: Path, smtp_port: int, posts: int) -> dict[str, tuple[float, int]]:
+    """w3: one worker, a 9.5 MB form of five files posted `posts` times; growth as a multiple of the payload."""
+    files = [(f"part{i}.pdf", PDF_HEAD + os.urandom(1_992_294 - len(PDF_HEAD))) for i in range(5)]
+    body, content_type = multipart(FIELDS, files)
+    payload = sum(len(content) for _, content in files)
+    memory = {}
+    for name in ("A", "N"):
+        server = Server(name, folder, smtp_port, workers=1)
+        try:
+            growth, delivered = peak_rss_growth(server, body, content_type, posts)
+        finally:
+            server.close()
+        memory[name] = (growth / payload, delivered)
+    return memory
+
+
+def report(runs: dict[tuple[str, str], list[dict]], memory: dict[str, tuple[float, int]],
+           args: argparse.Namespace) -> str:
+    def median(workload: str, name: str, key: str) -> float:
+        return statistics.median(run["requests"] / run["seconds"] if key == "rps" else run[key]
+                                 for run in runs[(workload, name)])
+
+    lines = [f"{args.repeats} rounds of {args.seconds:g} s, {args.connections} connections, alternating A/N/H; "
+             "medians", "", "| workload | service | req/s | p50 ms | p99 ms | answers | statusCode 0 | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for workload, name in sorted(runs):
+        total = {k: sum(r[k] for r in runs[(workload, name)]) for k in ("requests", "delivered", "errors", "non_2xx")}
+        lines.append(f"| {workload} | {name} | {median(workload, name, 'rps'):.0f} | "
+                     f"{median(workload, name, 'p50_ms'):.1f} | {median(workload, name, 'p99_ms'):.1f} | "
+                     f"{total['requests']} | {total['delivered']} | {total['errors'] + total['non_2xx']} |")
+    ratios = {
+        "w1 A/N": median("w1", "A", "rps") / median("w1", "N", "rps"),
+        "w1 A/H": median("w1", "A", "rps") / median("w1", "H", "rps"),
+        "w2 A/N": median("w2", "A", "rps") / median("w2", "N", "rps"),
+        "w2 A/H": median("w2", "A", "rps") / median("w2", "H", "rps"),
+    }
+    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
+    lines += ["", "| w3: 9.5 MB form, one worker | peak RSS growth / payload | statusCode 0 |", "|---|---|---|"]
+    lines += [f"| {name} | {growth:.2f} | {delivered} of {args.posts} |" for name, (growth, delivered) in memory.items()]
+    met = [ratios["w1 A/N"] >= 1.3, ratios["w1 A/H"] >= 0.3, ratios["w2 A/N"] >= 1.2,
+           median("w1", "A", "p99_ms") <= 50, memory["A"][0] <= 2]
+    lines += ["", f"targets ({TARGETS}): {'all met' if all(met) else 'NOT all met'}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
