@@ -22,6 +22,7 @@ from app.errors import (
 from app.options import SmtpOptions
 
 RETRY_LATER = "The message could not be delivered now; please try again later."
+EXPECTED = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
 IDLE_LIMIT = 30  # seconds a kept session may rest; relays close idle ones (Postfix after 300 s)
 
 
@@ -154,16 +155,31 @@ def _send_data(client: smtplib.SMTP, chunks: Iterable[bytes]) -> None:
     client.send(pending + (b".\r\n" if pending.endswith(b"\r\n") or not pending else b"\r\n.\r\n"))
 
 
+def _envelope_replies(client: smtplib.SMTP, envelope: Envelope) -> list[tuple[str, int]]:
+    """Send MAIL, RCPT and DATA, in one write when the relay offers PIPELINING (RFC 2920); their reply codes.
+
+    Without PIPELINING, a refusal ends the list early.
+    """
+    commands = [("MAIL", f"MAIL FROM:{smtplib.quoteaddr(envelope.mail_from)}"),
+                ("RCPT", f"RCPT TO:{smtplib.quoteaddr(envelope.rcpt_to)}"), ("DATA", "DATA")]
+    if client.has_extn("pipelining"):
+        client.send("".join(f"{command}\r\n" for _, command in commands).encode("ascii"))
+        return [(stage, client.getreply()[0]) for stage, _ in commands]
+    replies = []
+    for stage, command in commands:
+        replies.append((stage, client.docmd(command)[0]))
+        if replies[-1][1] not in EXPECTED[stage]:
+            break
+    return replies
+
+
 def _transaction(client: smtplib.SMTP, chunks: Iterable[bytes], envelope: Envelope) -> None:
-    code, _ = client.mail(envelope.mail_from)
-    if code != 250:
-        raise _refusal("MAIL", code, envelope)
-    code, _ = client.rcpt(envelope.rcpt_to)
-    if code not in (250, 251):
-        raise _refusal("RCPT", code, envelope)
-    code, _ = client.docmd("DATA")
-    if code != 354:
-        raise _refusal("DATA", code, envelope)
+    replies = _envelope_replies(client, envelope)
+    refused = [(stage, code) for stage, code in replies if code not in EXPECTED[stage]]
+    if refused:
+        # A pipelined DATA may have been accepted although MAIL or RCPT was not: the session that waits
+        # for content is closed by the caller, so that the relay drops the empty transaction.
+        raise _refusal(*refused[0], envelope)
     _send_data(client, chunks)
     # The end of DATA is sent: from here on the relay may hold the message, so nothing is resent.
     try:

@@ -37,6 +37,11 @@ class FaultyHandler:
     messages: list[Received] = field(default_factory=list)
     faults: dict[str, str] = field(default_factory=dict)
     sessions: int = 0
+    pipelining: bool = True  # offer RFC 2920 PIPELINING, as Postfix does (aiosmtpd reads pipelined commands)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
+        session.host_name = hostname
+        return responses[:-1] + ["250-PIPELINING", responses[-1]] if self.pipelining else responses
 
     async def _fault(self, server: Any, stage: str) -> str | None:
         fault = self.faults.get(stage)

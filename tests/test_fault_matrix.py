@@ -1,7 +1,8 @@
 """The SMTP fault matrix: every stage of the dialogue × (4xx, 5xx, stall, drop).
 
 Each case asserts the contract's answer, and that an email exists at the server if and only if
-the answer was statusCode 0. The relay speaks STARTTLS and AUTH, so every stage is on the path.
+the answer was statusCode 0. The relay speaks STARTTLS and AUTH, so every stage is on the path,
+and takes MAIL, RCPT and DATA pipelined or one by one.
 """
 import logging
 
@@ -25,7 +26,9 @@ def answer(response) -> tuple[int, int, list[int]]:
 
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("fault", ("4xx", "5xx", "stall", "drop"))
-def test_fault(secure_relay, submit, smtp_server, caplog, stage, fault):
+@pytest.mark.parametrize("pipelining", (True, False), ids=("pipelining", "one-by-one"))
+def test_fault(secure_relay, submit, smtp_server, caplog, stage, fault, pipelining):
+    smtp_server.pipelining = pipelining
     secure_relay("starttls")
     smtp_server.faults[stage] = {"4xx": TEMPORARY[stage], "5xx": PERMANENT[stage]}.get(fault, fault)
     with caplog.at_level(logging.WARNING, logger="app"):
