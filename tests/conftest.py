@@ -15,7 +15,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
 
 from app import create_app
-from app.delivery import close_kept_session
+from app.smtp_session import close_kept_session
 from support import GOOD_FORM, free_port, multipart
 
 

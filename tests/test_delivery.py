@@ -117,7 +117,7 @@ def test_a_kept_session_that_broke_is_replaced_before_mail(submit, smtp_server, 
 
 
 def test_a_session_idle_too_long_is_not_reused(submit, smtp_server, monkeypatch):
-    monkeypatch.setattr("app.delivery.IDLE_LIMIT", 0)
+    monkeypatch.setattr("app.smtp_session.IDLE_LIMIT", 0)
     submit()
     submit()
     assert (smtp_server.sessions, len(smtp_server.messages)) == (2, 2)
