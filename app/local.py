@@ -4,16 +4,27 @@ from __future__ import annotations
 import argparse
 import logging
 import mailbox
+import re
 import sys
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from flask import Response
 
 from app import create_app
 from app.options import OptionsError
 
 log = logging.getLogger("app.local")
+CONTACT_FORM = Path(__file__).parent.parent / "examples" / "contact-form.html"
+
+
+def contact_form() -> Response:
+    """The example contact form, posting to this same service (so no CORS is needed)."""
+    if not CONTACT_FORM.exists():
+        return Response("The example form is not installed here.", 404, content_type="text/plain")
+    page = re.sub(r'data-api-url="[^"]*"', 'data-api-url="/genesys/2/email/support"', CONTACT_FORM.read_text())
+    return Response(page, content_type="text/html;charset=utf-8")
 
 
 class MaildirHandler:
@@ -45,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     except OptionsError as error:
         print("The service cannot start: options.ini has problems:", *error.problems, sep="\n  ", file=sys.stderr)
         return 1
+    app.add_url_rule("/", view_func=contact_form)
     smtp = app.extensions["options"].current().smtp
     controller = Controller(MaildirHandler(args.maildir), hostname=smtp.host, port=smtp.port)
     controller.start()
     log.info("embedded SMTP server on %s:%d stores emails in %s/new", smtp.host, smtp.port, args.maildir)
+    log.info("the example contact form is at http://%s:%d/", args.host, args.port)
     try:
         app.run(host=args.host, port=args.port, threaded=True)
     finally:

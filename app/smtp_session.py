@@ -73,6 +73,10 @@ class _KeptSession:
     client: smtplib.SMTP
     last_used: float
 
+    def __del__(self) -> None:
+        # A thread that ends takes its kept session with it (servers that use a thread per request).
+        self.client.close()
+
 
 _kept = threading.local()  # one session per worker thread, reused from message to message
 
@@ -88,7 +92,11 @@ def kept_session(settings: tuple) -> smtplib.SMTP | None:
 
 def keep_session(settings: tuple, client: smtplib.SMTP) -> None:
     """Keep `client` as this thread's session (after a success, or to be closed on a failure)."""
-    _kept.session = _KeptSession(settings, client, time.monotonic())
+    kept = getattr(_kept, "session", None)
+    if kept is not None and kept.client is client:
+        kept.last_used = time.monotonic()
+    else:
+        _kept.session = _KeptSession(settings, client, time.monotonic())
 
 
 def close_kept_session() -> None:

@@ -1,0 +1,172 @@
+"""The example contact form in a real browser (Debian's Chromium driven by Playwright), served from
+another origin than the API, so that CORS is real."""
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from support import PDF, PNG, free_port
+
+ROOT = Path(__file__).parent.parent
+CHROMIUM = shutil.which("chromium")
+SCREENSHOTS = ROOT / "build" / "screenshots"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"]
+
+
+def serve_in_thread(server) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def api(app, options_file):
+    """The app over real HTTP on one origin, allowing the page's origin."""
+    page_port = free_port()
+    options_file.write(cors={"allowed_origins": f"http://127.0.0.1:{page_port}"})
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    serve_in_thread(server)
+    yield server.server_port, page_port
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def page_url(api, tmp_path):
+    """The contact form, served as a static file from a second origin and pointed at the API."""
+    api_port, page_port = api
+    site = tmp_path / "site"
+    site.mkdir()
+    page = (ROOT / "examples" / "contact-form.html").read_text()
+    page = re.sub(r'data-api-url="[^"]*"', f'data-api-url="http://127.0.0.1:{api_port}/genesys/2/email/support"', page)
+    (site / "index.html").write_text(page)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", page_port), functools.partial(Quiet, directory=site))
+    serve_in_thread(server)
+    yield f"http://127.0.0.1:{page_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium from Debian, driven by Playwright (whose own browser download is not used)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, page_url):
+    context = browser.new_context(viewport={"width": 900, "height": 1000})
+    page = context.new_page()
+    page.goto(page_url)
+    yield page
+    context.close()
+
+
+def fill(page, **values: str) -> None:
+    form = {"firstName": "Ana", "lastName": "Lee", "fromAddress": "ana@example.com", "subject": "Invoice",
+            "text": "Hello,\nmy invoice is wrong.", **values}
+    for name, value in form.items():
+        page.fill(f"#{name}", value)
+
+
+def files(tmp_path: Path, *named: tuple[str, bytes]) -> list[str]:
+    paths = []
+    for name, content in named:
+        (tmp_path / name).write_bytes(content)
+        paths.append(str(tmp_path / name))
+    return paths
+
+
+def test_a_customer_sends_the_form_with_two_attachments(page, smtp_server, tmp_path):
+    fill(page)
+    page.set_input_files("#files", files(tmp_path, ("invoice.pdf", PDF), ("photo.png", PNG)))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "contact-form-filled.png"), full_page=True)
+    page.click("button[type=submit]")
+    notice = page.locator("#notice")
+    notice.filter(has_text="Thank you").wait_for()
+    reference = re.search(r"reference is ([0-9A-Z]{16})", notice.inner_text())[1]
+    [received] = smtp_server.messages
+    email = received.email
+    assert email["X-Genesys-Interaction-Id"] == reference
+    assert email.get_all("X-Genesys-User-Data") == ["source=contact-form"]
+    assert [(p.get_filename(), p.get_payload(decode=True)) for p in email.iter_attachments()] == [
+        ("invoice.pdf", PDF), ("photo.png", PNG)]
+    assert page.input_value("#firstName") == ""  # the form is reset for the next message
+
+
+def test_each_error_is_shown_at_its_field(page, smtp_server, tmp_path):
+    fill(page, firstName="")
+    page.set_input_files("#files", files(tmp_path, ("tool.exe", b"MZ")))
+    page.click("button[type=submit]")
+    page.locator("#firstName-error").filter(has_text="first name").wait_for()
+    assert page.inner_text("#firstName-error") == "Please enter your first name."
+    assert "tool.exe" in page.inner_text("#files-error")
+    assert page.get_attribute("#firstName", "aria-invalid") == "true"
+    assert page.get_attribute("#files", "aria-invalid") == "true"
+    assert page.inner_text("#lastName-error") == ""
+    assert page.evaluate("document.activeElement.id") == "firstName"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "contact-form-errors.png"), full_page=True)
+    assert smtp_server.messages == []
+
+
+def test_eleven_files_get_the_limit_message(page, smtp_server, tmp_path):
+    fill(page)
+    page.set_input_files("#files", files(tmp_path, *[(f"page{i}.pdf", PDF) for i in range(11)]))
+    page.click("button[type=submit]")
+    page.locator("#files-error").filter(has_text="at most").wait_for()
+    assert page.inner_text("#files-error") == "You can attach at most 10 files."
+    assert smtp_server.messages == []
+
+
+def test_a_relay_that_says_try_later_gets_the_try_again_message(page, smtp_server):
+    smtp_server.faults["MAIL"] = "451 4.3.0 try later"
+    fill(page)
+    page.click("button[type=submit]")
+    page.locator("#notice").filter(has_text="try again").wait_for()
+    assert page.get_attribute("button[type=submit]", "disabled") is None
+    assert page.input_value("#firstName") == "Ana"  # nothing typed is lost
+    assert smtp_server.messages == []
+
+
+def test_the_form_works_from_the_keyboard_alone(page, smtp_server):
+    page.focus("#firstName")
+    for value in ("Ana", "Lee", "ana@example.com", "Hi", "Hello"):
+        page.keyboard.type(value)
+        page.keyboard.press("Tab")
+    page.keyboard.press("Tab")  # past the file picker, to the button
+    assert page.evaluate("document.activeElement.type") == "submit"
+    page.keyboard.press("Enter")
+    page.locator("#notice").filter(has_text="Thank you").wait_for()
+    assert len(smtp_server.messages) == 1
+
+
+def test_the_form_fits_a_phone_screen(browser, page_url):
+    context = browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True)
+    page = context.new_page()
+    page.goto(page_url)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    labels = page.evaluate("[...document.querySelectorAll('input:not([type=hidden]), textarea')]"
+                           ".every(e => e.labels.length === 1)")
+    assert labels
+    context.close()
