@@ -12,15 +12,20 @@ from app.logs import configure_logging
 from app.options import OptionsStore
 
 
-class TrustedProxies:
-    """Werkzeug's ProxyFix with as many hops as `[server] proxy_hops` says now (a live option too)."""
+OPTIONS_KEY = "email_api.options"
+
+
+class OptionsPerRequest:
+    """Take the options in force once per request, so that a request sees one consistent set, and trust as many
+    proxy hops (Werkzeug's ProxyFix) as `[server] proxy_hops` of that set says."""
 
     def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], store: OptionsStore) -> None:
         self.wsgi_app, self.store = wsgi_app, store
         self.fixers = {hops: ProxyFix(wsgi_app, x_for=hops, x_proto=hops, x_host=hops) for hops in range(1, 11)}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        hops = self.store.current().proxy_hops
+        options = environ[OPTIONS_KEY] = self.store.current()
+        hops = options.proxy_hops
         return (self.fixers[hops] if hops else self.wsgi_app)(environ, start_response)
 
 
@@ -28,9 +33,11 @@ def create_app(options_path: str | Path | None = None) -> Flask:
     """Create and configure an instance of the Flask application; raises OptionsError for a bad file."""
     configure_logging()
     app = Flask(__name__)
+    # A service named "email" is served at its own URL, never redirected (an HTML 308) to the catch-all's.
+    app.url_map.redirect_defaults = False
     store = OptionsStore(options_path or os.environ.get("OPTIONS_FILE", "options.ini"))
     app.extensions["options"] = store
-    app.wsgi_app = TrustedProxies(app.wsgi_app, store)
+    app.wsgi_app = OptionsPerRequest(app.wsgi_app, store)
 
     from app import email_api, node
 

@@ -8,7 +8,7 @@ import re
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from app import metrics
@@ -27,7 +27,8 @@ from app.errors import (
 )
 from app.form import ALLOWANCE, read_form, too_large
 from app.message import compose, helo_name, new_interaction_id
-from app.options import Options, OptionsStore, ServiceOptions
+from app import OPTIONS_KEY
+from app.options import Options, ServiceOptions
 from app.submission import Submission, validate_submission
 
 bp = Blueprint("email_api", __name__)
@@ -42,8 +43,9 @@ def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, st
                     content_type="application/json;charset=utf-8")
 
 
-def options_store() -> OptionsStore:
-    return current_app.extensions["options"]
+def request_options() -> Options:
+    """The options this request is served with, taken once as it arrived."""
+    return request.environ[OPTIONS_KEY]
 
 
 def note(**fields: Any) -> None:
@@ -68,7 +70,7 @@ def preflight(service_name: str) -> Response:
 @bp.post("/genesys/2/email/<service_name>", provide_automatic_options=False)
 def submit(service_name: str) -> Response:
     """Accept one customer email; statusCode 0 only once the relay accepted it."""
-    options = options_store().current()
+    options = request_options()
     service = options.service(service_name)
     note(service=service.name)
     check_api_key([request.headers.get("apikey"), request.headers.get("x-api-key")], options)
@@ -122,8 +124,7 @@ def start_clock() -> None:
 @bp.after_app_request
 def finish(response: Response) -> Response:
     """Add CORS headers, then write the request's log line and count it."""
-    options = options_store().current()
-    response.headers.update(cors_headers(request.headers.get("Origin"), options,
+    response.headers.update(cors_headers(request.headers.get("Origin"), request_options(),
                                          preflight=request.method == "OPTIONS" and response.status_code == 204))
     fields = g.get("log_fields", {})
     if request.endpoint == "email_api.submit":

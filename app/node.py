@@ -5,10 +5,11 @@ import hmac
 import os
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 from werkzeug.exceptions import NotFound
 
 from app import metrics
+from app.email_api import request_options
 from app.errors import BAD_CREDENTIALS, ApiError
 
 bp = Blueprint("node", __name__)
@@ -35,12 +36,12 @@ class NodeStatus:
 
 
 def node_status() -> NodeStatus:
-    return NodeStatus(current_app.extensions["options"].current().status_file)
+    return NodeStatus(request_options().status_file)
 
 
 def _require_admin() -> None:
     """Admin routes need [admin] credentials by HTTP basic auth; without them configured they do not exist."""
-    options = current_app.extensions["options"].current()
+    options = request_options()
     if not options.admin_username:
         raise NotFound()
     auth = request.authorization

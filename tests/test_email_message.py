@@ -39,6 +39,12 @@ def test_envelope_from_sets_sender_and_mail_from(options_file, submit, smtp_serv
     assert received.email["From"].addresses[0].addr_spec == "ana@example.com"
 
 
+def test_a_service_named_email_is_served_at_its_own_url(submit, client, smtp_server):
+    assert submit(service="email").get_json()["statusCode"] == 0
+    assert smtp_server.messages[0].email["X-Genesys-Service"] == "email"
+    assert client.options("/genesys/2/email/email").status_code == 204
+
+
 def test_catch_all_route_uses_the_email_section(submit, smtp_server):
     assert submit(service=None).get_json()["statusCode"] == 0
     email = smtp_server.messages[0].email
