@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.logs import configure_logging
 from app.options import OptionsStore
-
 
 OPTIONS_KEY = "email_api.options"
 

@@ -39,7 +39,8 @@ MIME_TYPES = {
     "zip": "application/zip",
 }
 # Extensions whose format has a signature, and the filetype matcher that knows it.
-SIGNATURES = {ext: ("jpg" if ext == "jpeg" else ext) for ext in ("pdf", "png", "jpg", "jpeg", "gif", "bmp", "zip", "doc")}
+SIGNATURES = {ext: ("jpg" if ext == "jpeg" else ext)
+              for ext in ("pdf", "png", "jpg", "jpeg", "gif", "bmp", "zip", "doc")}
 
 
 @dataclass
@@ -121,7 +122,8 @@ def check_attachments(uploads: list[Upload], service: ServiceOptions) -> tuple[l
     attachments = []
     for position, upload in enumerate(uploads, start=1):
         if CONTROL.search(upload.filename):
-            problems.append(Problem(BAD_FILE_NAME, f"File {position}'s name holds a control or text-direction character.", field="files"))
+            why = f"File {position}'s name holds a control or text-direction character."
+            problems.append(Problem(BAD_FILE_NAME, why, field="files"))
             continue
         name, ext = clean_name(upload.filename, position)
         if ext not in service.file_types:
@@ -129,7 +131,8 @@ def check_attachments(uploads: list[Upload], service: ServiceOptions) -> tuple[l
             problems.append(Problem(FILE_TYPE_NOT_ALLOWED, f'The file "{name}" is not of an allowed type ({allowed}).',
                                     field="files"))
         elif service.check_file_content and not content_matches(ext, upload.stream):
-            problems.append(Problem(FILE_TYPE_NOT_ALLOWED, f'The file "{name}" is not a valid .{ext} file.', field="files"))
+            problems.append(Problem(FILE_TYPE_NOT_ALLOWED, f'The file "{name}" is not a valid .{ext} file.',
+                                    field="files"))
         else:
             content_type = MIME_TYPES.get(ext) or mimetypes.guess_type(f"x.{ext}")[0] or "application/octet-stream"
             attachments.append(Attachment(name, content_type, upload.stream, upload.size))

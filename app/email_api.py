@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import json
-from importlib import resources
 import logging
 import re
 import time
+from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from app import metrics
+from app import OPTIONS_KEY, metrics
 from app.access import check_api_key, cors_headers
 from app.delivery import Envelope, deliver
 from app.errors import (
@@ -27,7 +27,6 @@ from app.errors import (
 )
 from app.form import ALLOWANCE, read_form, too_large
 from app.message import compose, helo_name, new_interaction_id
-from app import OPTIONS_KEY
 from app.options import Options, ServiceOptions
 from app.submission import Submission, validate_submission
 

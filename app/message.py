@@ -6,13 +6,13 @@ import re
 import secrets
 import socket
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email.header import Header
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime, localtime, quote
-from typing import Iterator
 
 from app.attachments import Attachment
 from app.options import ServiceOptions, SmtpOptions

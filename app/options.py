@@ -26,7 +26,7 @@ EMAIL_KEYS = {
     "tenant": ("one_line", "", '""'),
     "max_files": ("integer", "min=0, max=1000, ", "10"),
     "max_size": ("size", "min=1, max=1073741824, ", '"10MB"'),
-    "file_types": ("extensions", "", "list(%s)" % ", ".join(f'"{t}"' for t in DEFAULT_FILE_TYPES)),
+    "file_types": ("extensions", "", "list({})".format(", ".join(f'"{t}"' for t in DEFAULT_FILE_TYPES))),
     "allowed_mailboxes": ("mailbox_patterns", "", "list()"),
     "check_file_content": ("boolean", "", "True"),
 }
@@ -147,7 +147,8 @@ def _one_line(value: str | list[str], min: str = "0") -> str:  # noqa: A002 - co
 
 def mailbox_address(value: str) -> str:
     """A mailbox's address in ASCII form; raises EmailNotValidError. Unlike a customer's, it may be internal."""
-    return validate_email(value, check_deliverability=False, allow_smtputf8=False, globally_deliverable=False).ascii_email
+    address = validate_email(value, check_deliverability=False, allow_smtputf8=False, globally_deliverable=False)
+    return address.ascii_email
 
 
 def _mailbox(value: str | list[str]) -> str:
@@ -288,7 +289,8 @@ def load_options(path: str | Path) -> Options:
     unresolved = [f"{path}: [email.{s.name}] mailbox: no mailbox" for s in services.values() if not s.mailbox]
     if unresolved:
         raise OptionsError(unresolved)
-    mailboxes = [default_mailbox] + [config[name].get("mailbox") or "" for name in config.sections if name.startswith("email")]
+    sections = [config[name] for name in config.sections if name.startswith("email")]
+    mailboxes = [default_mailbox, *(section.get("mailbox") for section in sections)]
     return Options(
         catch_all=catch_all,
         services=services,

@@ -202,7 +202,8 @@ def report(runs: dict[tuple[str, str], list[dict]], memory: dict[str, tuple[floa
     }
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
     lines += ["", "| w3: 9.5 MB form, one worker | peak RSS growth / payload | statusCode 0 |", "|---|---|---|"]
-    lines += [f"| {name} | {growth:.2f} | {delivered} of {args.posts} |" for name, (growth, delivered) in memory.items()]
+    lines += [f"| {name} | {growth:.2f} | {delivered} of {args.posts} |"
+              for name, (growth, delivered) in memory.items()]
     met = [ratios["w1 A/N"] >= 1.3, ratios["w1 A/H"] >= 0.3, ratios["w2 A/N"] >= 1.2,
            median("w1", "A", "p99_ms") <= 50, memory["A"][0] <= 2]
     lines += ["", f"targets ({TARGETS}): {'all met' if all(met) else 'NOT all met'}"]

@@ -3,20 +3,21 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
+from support import GOOD_FORM, free_port, multipart
 
 from app import create_app
 from app.smtp_session import close_kept_session
-from support import GOOD_FORM, free_port, multipart
 
 
 @dataclass

@@ -18,9 +18,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 from aiosmtpd.controller import Controller
-
 from conftest import Received
 from support import PDF, PNG, LineWatcher, free_port, multipart
 
@@ -157,7 +155,8 @@ def test_every_success_is_one_email_and_every_email_a_success(tmp_path, capsys):
     refused_reloads = sum("reload refused" in line for line in log.lines)
     with capsys.disabled():
         print(f"\naccounting: {REQUESTS} requests, {CLIENTS} clients, {rewrites} options rewrites "
-              f"({refused_reloads} refused reloads logged); answers by (kind, statusCode): {dict(sorted(tallies.items()))}")
+              f"({refused_reloads} refused reloads logged); "
+              f"answers by (kind, statusCode): {dict(sorted(tallies.items()))}")
         print(f"accounting: {len(successes)} statusCode 0, {len(handler.received)} emails received; "
               f"lost {len(lost)}, duplicated {len(duplicated)}, false successes {len(false_successes)}, "
               f"HTTP 5xx {server_errors}; slowest answer {slowest:.3f} s")

@@ -3,7 +3,6 @@ import io
 import zipfile
 
 import pytest
-
 from support import PDF, PNG, codes
 
 GIF = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
@@ -30,7 +29,8 @@ def test_attachments_arrive_byte_identical_with_types_from_the_extension(submit,
     response = submit(files=files, extra=[("files[]", ("more.pdf", PDF))])
     assert response.get_json()["statusCode"] == 0
     assert attachments(smtp_server.messages[0]) == [
-        ("more.pdf", "application/pdf", PDF), ("invoice.pdf", "application/pdf", PDF), ("pixel.PNG", "image/png", PNG), ("a.gif", "image/gif", GIF),
+        ("more.pdf", "application/pdf", PDF), ("invoice.pdf", "application/pdf", PDF),
+        ("pixel.PNG", "image/png", PNG), ("a.gif", "image/gif", GIF),
         ("photo.jpg", "image/jpeg", JPG), ("b.bmp", "image/bmp", BMP), ("letter.doc", "application/msword", DOC),
         ("archive.zip", "application/zip", _zip()), ("notes.txt", "text/plain", "naïve text\r\n".encode("cp1252")),
     ]
@@ -57,7 +57,8 @@ def test_content_length_over_the_limit_is_refused_before_reading(options_file, c
     options_file.write(email={"max_size": "1KB"})
     too_long = 1024 + 1024 * 1024 + 1
     unread = io.BytesIO(b"--x\r\n")
-    response = client.post("/genesys/2/email/support", input_stream=unread, content_type="multipart/form-data; boundary=x",
+    response = client.post("/genesys/2/email/support", input_stream=unread,
+                           content_type="multipart/form-data; boundary=x",
                            environ_overrides={"CONTENT_LENGTH": str(too_long)})
     assert unread.tell() == 0
     assert response.status_code == 400

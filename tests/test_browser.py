@@ -10,9 +10,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
-
 from support import PDF, PNG, free_port
+from werkzeug.serving import make_server
 
 ROOT = Path(__file__).parent.parent
 CHROMIUM = shutil.which("chromium")

@@ -2,7 +2,6 @@
 import logging
 
 import pytest
-
 from support import codes, free_port
 
 

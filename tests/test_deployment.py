@@ -24,7 +24,6 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-
 from support import PDF, PNG, LineWatcher, free_port, metric, multipart
 
 ROOT = Path(__file__).parent.parent
@@ -178,7 +177,8 @@ def chain():
     wait_for_port(chain.smtp_port, postfix_process)
 
     chain.write_options()
-    environment = {**os.environ, "OPTIONS_FILE": str(chain.options), "GUNICORN_BIND": f"127.0.0.1:{chain.gunicorn_port}",
+    environment = {**os.environ, "OPTIONS_FILE": str(chain.options),
+                   "GUNICORN_BIND": f"127.0.0.1:{chain.gunicorn_port}",
                    "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "4",
                    "PROMETHEUS_MULTIPROC_DIR": str(chain.root / "metrics")}
     chain.gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"],

@@ -4,7 +4,6 @@ from email.header import decode_header, make_header
 from email.utils import parseaddr
 
 import pytest
-
 from support import codes
 
 
@@ -67,7 +66,8 @@ def test_mailbox_resolution(submit, smtp_server, service, mailbox, to):
 
 
 def test_default_mailbox_is_the_last_resort(options_file, submit, smtp_server):
-    options_file.write(email={"mailbox": None}, email__sales={"mailbox": None}, smtp={"default_mailbox": "inbox@example.com"})
+    options_file.write(email={"mailbox": None}, email__sales={"mailbox": None},
+                       smtp={"default_mailbox": "inbox@example.com"})
     submit(service="sales")
     assert smtp_server.messages[0].rcpt_tos == ["inbox@example.com"]
 
@@ -94,7 +94,8 @@ def test_allowed_mailboxes_guard_the_relay(options_file, submit, smtp_server, al
 
 
 def test_a_service_list_replaces_the_email_list(options_file, submit, smtp_server):
-    options_file.write(email={"allowed_mailboxes": "*@example.org"}, email__sales={"allowed_mailboxes": "*@example.net"})
+    options_file.write(email={"allowed_mailboxes": "*@example.org"},
+                       email__sales={"allowed_mailboxes": "*@example.net"})
     assert codes(submit(service="sales", mailbox="a@example.org")) == [383]
     assert submit(service="sales", mailbox="a@example.net").get_json()["statusCode"] == 0
 

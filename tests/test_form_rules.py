@@ -1,6 +1,5 @@
 """The form's field rules (contract section 2): each problem has its code, all are reported at once."""
 import pytest
-
 from support import codes
 
 

@@ -4,7 +4,6 @@ import struct
 import zipfile
 
 import pytest
-
 from support import GOOD_FORM, PDF, codes, multipart
 
 HEADER_FIELDS = ("firstName", "lastName", "subject")
@@ -131,7 +130,8 @@ def test_non_utf8_field_is_malformed(client, smtp_server):
 
 def test_a_part_may_declare_its_charset(client, smtp_server):
     body, content_type = multipart(list(GOOD_FORM.items()))
-    body = body.replace(b'name="firstName"\r\n', b'name="firstName"\r\nContent-Type: text/plain; charset=iso-8859-1\r\n')
+    declared = b'name="firstName"\r\nContent-Type: text/plain; charset=iso-8859-1\r\n'
+    body = body.replace(b'name="firstName"\r\n', declared)
     body = body.replace(b"Ana", b"An\xe9")
     assert _post_raw(client, body, content_type).get_json()["statusCode"] == 0
     assert smtp_server.messages[0].email["X-Genesys-First-Name"] == "Ané"

@@ -2,7 +2,6 @@
 import base64
 
 import pytest
-
 from support import codes
 
 ADMIN = {"Authorization": "Basic " + base64.b64encode(b"ops:s3cr%t").decode()}

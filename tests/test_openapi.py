@@ -1,6 +1,7 @@
 """The OpenAPI description is served, and property-based tests hold the app to it."""
 import pytest
 import schemathesis
+from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -8,8 +9,6 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from hypothesis import HealthCheck, settings
-
 from support import multipart
 
 

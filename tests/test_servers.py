@@ -12,7 +12,6 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-
 from support import DATA, PDF, free_port, multipart
 
 ROOT = Path(__file__).parent.parent
