@@ -1,4 +1,5 @@
 """The WSGI entry point: gunicorn serves `wsgi:app`."""
+import logging
 import sys
 
 from app import create_app
@@ -10,5 +11,7 @@ WORKER_BOOT_ERROR = 3
 try:
     app = create_app()
 except OptionsError as error:
-    print("The service cannot start: options.ini has problems:", *error.problems, sep="\n  ", file=sys.stderr)
+    logging.getLogger("app.options").critical(
+        "the service cannot start: options.ini has problems: %s", "; ".join(error.problems),
+        extra={"fields": {"event": "startup_refused", "problems": error.problems}})
     sys.exit(WORKER_BOOT_ERROR)

@@ -23,7 +23,8 @@ from app.errors import (
     Problem,
 )
 from app.form import Form
-from app.options import Options, ServiceOptions, mailbox_address
+from app.options import Options, ServiceOptions
+from app.options_schema import mailbox_address
 
 # Anything that could end or bend a header line: C0 (but TAB), DEL, C1, and Unicode line breaks.
 CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")

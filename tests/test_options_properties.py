@@ -6,7 +6,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.options import EMAIL_KEYS, OptionsError, load_options
+from app.options import OptionsError, load_options
+from app.options_schema import EMAIL_KEYS
 
 SECTIONS = ["email", "email.sales", "email.x y", "smtp", "cors", "security", "admin", "server", "other", "Email"]
 KEYS = [*EMAIL_KEYS, "host", "port", "security", "username", "password", "timeout", "helo_name", "envelope_from",

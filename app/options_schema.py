@@ -1,0 +1,159 @@
+"""The layout of options.ini: its configspec, and the checks of the value types that are this service's own."""
+from __future__ import annotations
+
+import re
+
+from email_validator import EmailNotValidError, validate_email
+from validate import ValidateError, Validator
+
+DEFAULT_FILE_TYPES = ("pdf", "doc", "txt", "jpg", "png", "gif", "bmp", "zip")
+SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+SECTIONS = ("email", "smtp", "cors", "security", "admin", "server")
+
+# The keys of [email] as (configobj check, its arguments, default); [email.<service>] may override any.
+EMAIL_KEYS = {
+    "mailbox": ("mailbox", "", '""'),
+    "tenant": ("one_line", "", '""'),
+    "max_files": ("integer", "min=0, max=1000, ", "10"),
+    "max_size": ("size", "min=1, max=1073741824, ", '"10MB"'),
+    "file_types": ("extensions", "", "list({})".format(", ".join(f'"{t}"' for t in DEFAULT_FILE_TYPES))),
+    "allowed_mailboxes": ("mailbox_patterns", "", "list()"),
+    "check_file_content": ("boolean", "", "True"),
+}
+OTHER_SECTIONS_SPEC = """
+[smtp]
+host = one_line(min=1, default="127.0.0.1")
+port = integer(min=1, max=65535, default=25)
+security = option("none", "starttls", "ssl", default="none")
+username = one_line(default="")
+password = one_line(default="")
+timeout = float(min=0.1, max=600, default=10)
+helo_name = one_line(default="")
+envelope_from = mailbox(default="")
+default_mailbox = mailbox(default="")
+ca_file = one_line(default="")
+[cors]
+allowed_origins = origins(default=list())
+[security]
+api_keys = keys(default=list())
+[admin]
+username = one_line(default="")
+password = one_line(default="")
+[server]
+reload_interval = float(min=0, max=3600, default=1)
+proxy_hops = integer(min=0, max=10, default=0)
+status_file = one_line(min=1, default="node.status")
+"""
+
+
+def configspec() -> list[str]:
+    email = [f"{key} = {check}({args}default={default})" for key, (check, args, default) in EMAIL_KEYS.items()]
+    service = [f"{key} = {check}({args}default=None)" for key, (check, args, _) in EMAIL_KEYS.items()]
+    return ["[email]", *email, "[__many__]", *service, *OTHER_SECTIONS_SPEC.splitlines()]
+
+
+class Invalid(ValidateError):
+    """A value that a check of this service's own refuses; its message says why."""
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    items = value if isinstance(value, list) else value.split(",")
+    return [item.strip() for item in items if item.strip()]
+
+
+def _one_line(value: str | list[str], min: str = "0") -> str:  # noqa: A002 - configobj's keyword
+    if not isinstance(value, str):
+        raise Invalid(f"{value!r} (quote a value that holds a comma)")
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise Invalid("a control character")
+    if len(value) < int(min):
+        raise Invalid("an empty value")
+    return value
+
+
+def mailbox_address(value: str) -> str:
+    """A mailbox's address in ASCII form; raises EmailNotValidError. Unlike a customer's, it may be internal."""
+    address = validate_email(value, check_deliverability=False, allow_smtputf8=False, globally_deliverable=False)
+    return address.ascii_email
+
+
+def _mailbox(value: str | list[str]) -> str:
+    value = _one_line(value)
+    if not value:
+        return ""
+    try:
+        return mailbox_address(value)
+    except EmailNotValidError as exc:
+        raise Invalid(f"{value!r} is not an email address: {exc}") from None
+
+
+def _mailbox_patterns(value: str | list[str]) -> tuple[str, ...]:
+    patterns = []
+    for item in _as_list(value):
+        domain = item[2:] if item.startswith("*@") else None
+        _mailbox(f"x@{domain}" if domain is not None else item)
+        patterns.append(item.lower())
+    return tuple(patterns)
+
+
+def _size(value: str | list[str], min: str = "0", max: str | None = None) -> int:  # noqa: A002
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?B?)\s*", _one_line(value), re.IGNORECASE)
+    if not match:
+        raise Invalid(f"{value!r} is not a size such as 10MB")
+    size = int(match[1]) * SIZE_UNITS[match[2].upper()]
+    if size < int(min) or (max is not None and size > int(max)):
+        raise Invalid(f"{value!r} is outside {min}..{max} bytes")
+    return size
+
+
+def _extensions(value: str | list[str]) -> tuple[str, ...]:
+    items = [item.lower().lstrip(".") for item in _as_list(value)]
+    bad = [item for item in items if not re.fullmatch(r"[a-z0-9]{1,16}", item)]
+    if bad or not items:
+        raise Invalid(f"{bad or 'nothing'} is not a list of file extensions")
+    return tuple(items)
+
+
+def _origins(value: str | list[str]) -> tuple[str, ...]:
+    items = _as_list(value)
+    bad = [o for o in items if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o)]
+    if bad:
+        raise Invalid(f"{bad} are not origins such as https://www.example.com")
+    return tuple(items)
+
+
+def _keys(value: str | list[str]) -> tuple[str, ...]:
+    items = _as_list(value)
+    for item in items:
+        _one_line(item)
+    return tuple(items)
+
+
+VALIDATOR = Validator(
+    {
+        "one_line": _one_line,
+        "mailbox": _mailbox,
+        "mailbox_patterns": _mailbox_patterns,
+        "size": _size,
+        "extensions": _extensions,
+        "origins": _origins,
+        "keys": _keys,
+    }
+)
+
+
+def ini_lines(text: str) -> list[str]:
+    """Turn INI-style `;` comments, as Config Server exports them, into configobj's `#`."""
+    lines = []
+    for line in text.splitlines():
+        quote = None
+        for i, ch in enumerate(line):
+            if quote:
+                quote = None if ch == quote else quote
+            elif ch in "\"'":
+                quote = ch
+            elif ch == ";" and (i == 0 or line[i - 1].isspace()):
+                line = line[:i] + "#" + line[i + 1 :]
+                break
+        lines.append(line)
+    return lines
