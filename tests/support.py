@@ -36,7 +36,7 @@ def multipart(parts: list[tuple[str, Any]]) -> tuple[bytes, str]:
     for name, value in parts:
         if isinstance(value, tuple):
             filename, content = value
-            filename = filename.replace('"', '\\"')
+            filename = filename.replace("\\", "\\\\").replace('"', '\\"')  # a quoted-string's escapes
             body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
                      "Content-Type: application/octet-stream\r\n\r\n").encode() + content + b"\r\n"
         else:
