@@ -85,19 +85,22 @@ def _envelope_replies(client: smtplib.SMTP, envelope: Envelope, reset: bool) -> 
                  ("RCPT", f"RCPT TO:{smtplib.quoteaddr(envelope.rcpt_to)}"), ("DATA", "DATA")]
     pipelining = client.has_extn("pipelining")
     replies = []
+    resting = reset  # until RSET is answered, a failure means the session broke while it rested
     try:
         if pipelining:
             client.send("".join(f"{command}\r\n" for _, command in commands).encode("ascii"))
         for stage, command in commands:
             code = client.getreply()[0] if pipelining else client.docmd(command)[0]
-            if stage == "RSET" and code != 250:
-                raise _SessionBroken()
-            if stage != "RSET":
-                replies.append((stage, code))
-                if code not in EXPECTED[stage] and not pipelining:
-                    break
+            if stage == "RSET":
+                if code != 250:
+                    raise _SessionBroken()
+                resting = False
+                continue
+            replies.append((stage, code))
+            if code not in EXPECTED[stage] and not pipelining:
+                break
     except OSError:
-        if replies or not reset:
+        if not resting:
             raise
         raise _SessionBroken() from None
     return replies

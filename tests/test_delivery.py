@@ -128,3 +128,10 @@ def test_a_failed_message_closes_its_session(submit, smtp_server):
     del smtp_server.faults["RCPT"]
     assert submit().get_json()["statusCode"] == 0
     assert (smtp_server.sessions, len(smtp_server.messages)) == (2, 1)
+
+
+def test_a_kept_session_that_breaks_after_rset_is_not_tried_again(submit, smtp_server):
+    assert submit().get_json()["statusCode"] == 0
+    smtp_server.faults["MAIL"] = "drop"
+    assert submit().get_json()["statusCode"] == 1
+    assert (smtp_server.sessions, len(smtp_server.messages)) == (1, 1)
