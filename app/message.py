@@ -37,7 +37,8 @@ class _CachedHeaderRegistry(HeaderRegistry):
         return self._classes[key]
 
 
-POLICY = policy.SMTP.clone(header_factory=_CachedHeaderRegistry())
+# 7bit: a non-ASCII body is quoted-printable or base64, so the message passes any relay without 8BITMIME.
+POLICY = policy.SMTP.clone(cte_type="7bit", header_factory=_CachedHeaderRegistry())
 
 
 def new_interaction_id() -> str:

@@ -29,6 +29,15 @@ def test_headers_carry_the_customer_and_the_request(submit, smtp_server):
     assert (received.mail_from, received.rcpt_tos) == ("ana@example.com", ["support@example.com"])
 
 
+def test_the_email_is_seven_bit_clean_and_reads_back_exactly(submit, smtp_server):
+    text = "Bonjour, ça va ? Déjà vu — 日本語.\r\n" + "é" * 1200
+    assert submit(firstName="Zoë", subject="Facture n°17", text=text).get_json()["statusCode"] == 0
+    received = smtp_server.messages[0]
+    assert max(received.raw) < 128
+    assert received.email.get_body(("plain",)).get_content().replace("\r\n", "\n") == text.replace("\r\n", "\n") + "\n"
+    assert received.email["Subject"] == "Facture n°17"
+
+
 def test_envelope_from_sets_sender_and_mail_from(options_file, submit, smtp_server):
     options_file.write(smtp={"envelope_from": "gms@example.com"})
     submit()
