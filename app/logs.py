@@ -24,9 +24,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging() -> None:
-    """Send the service's logs to stderr as JSON lines, unless something configured them already."""
+    """Send the service's logs to stderr as JSON lines, unless something configured logging already."""
     logger = logging.getLogger("app")
-    if not logger.handlers:
+    if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
