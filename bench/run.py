@@ -186,12 +186,16 @@ def report(runs: dict[tuple[str, str], list[dict]], memory: dict[str, tuple[floa
         return statistics.median(run["requests"] / run["seconds"] if key == "rps" else run[key]
                                  for run in runs[(workload, name)])
 
+    def spread(workload: str, name: str) -> str:
+        rates = [run["requests"] / run["seconds"] for run in runs[(workload, name)]]
+        return f"{min(rates):.0f}–{max(rates):.0f}"
+
     lines = [f"{args.repeats} rounds of {args.seconds:g} s, {args.connections} connections, alternating A/N/H; "
-             "medians", "", "| workload | service | req/s | p50 ms | p99 ms | answers | statusCode 0 | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+             "medians", "", "| workload | service | req/s | rounds' req/s | p50 ms | p99 ms | answers | statusCode 0 "
+             "| errors |", "|---|---|---|---|---|---|---|---|---|"]
     for workload, name in sorted(runs):
         total = {k: sum(r[k] for r in runs[(workload, name)]) for k in ("requests", "delivered", "errors", "non_2xx")}
-        lines.append(f"| {workload} | {name} | {median(workload, name, 'rps'):.0f} | "
+        lines.append(f"| {workload} | {name} | {median(workload, name, 'rps'):.0f} | {spread(workload, name)} | "
                      f"{median(workload, name, 'p50_ms'):.1f} | {median(workload, name, 'p99_ms'):.1f} | "
                      f"{total['requests']} | {total['delivered']} | {total['errors'] + total['non_2xx']} |")
     ratios = {

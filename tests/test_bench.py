@@ -18,11 +18,11 @@ def test_the_benchmark_runs_and_reports_its_table():
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = [line.split("|") for line in result.stdout.splitlines() if re.match(r"\| w[12] \|", line)]
-    services = {(row[1].strip(), row[2].strip()) for row in rows if len(row) > 8}
+    services = {(row[1].strip(), row[2].strip()) for row in rows if len(row) > 9}
     assert services == {(w, s) for w in ("w1", "w2") for s in ("A", "N", "H")}
     for row in rows:
-        if len(row) > 8 and row[2].strip() == "A":
-            answers, delivered = int(row[6]), int(row[7])
+        if len(row) > 9 and row[2].strip() == "A":
+            answers, delivered = int(row[7]), int(row[8])
             assert answers > 0 and delivered == answers  # every answer of A was statusCode 0
     assert "| A |" in result.stdout and "of 1 |" in result.stdout  # w3 ran and was delivered
     assert "targets (" in result.stdout
