@@ -6,9 +6,11 @@ import re
 import secrets
 import socket
 import string
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import policy
+from email.charset import QP, Charset
 from email.header import Header
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
@@ -19,6 +21,8 @@ from app.options import ServiceOptions, SmtpOptions
 from app.submission import Submission
 
 ID_ALPHABET = string.digits + string.ascii_uppercase
+UTF8_QP = Charset("utf-8")
+UTF8_QP.body_encoding = QP
 HOST_NAME = socket.gethostname()  # read once: no look-up per request
 BASE64_BLOCK = 57 * 1024  # bytes read at a time: 1024 lines of base64
 
@@ -87,6 +91,43 @@ def _add_text_header(message: EmailMessage, name: str, text: str) -> None:
         message[name] = text
 
 
+def _set_text(message: EmailMessage, text: str) -> None:
+    """The body as text/plain; charset=utf-8: 7bit when it is short-lined ASCII, else quoted-printable
+    (the email package's own encoder), so the message is 7-bit clean. Line breaks are normalised as
+    set_content does, which this replaces because parsing its own headers made it the costliest step."""
+    body = "\n".join(text.splitlines()) + "\n"
+    if body.isascii() and max(map(len, body.splitlines())) <= 78:
+        encoding = "7bit"
+    else:
+        encoding = "quoted-printable"
+        body = UTF8_QP.body_encode(body)
+    for name, value in (("MIME-Version", "1.0"), ("Content-Type", 'text/plain; charset="utf-8"'),
+                        ("Content-Transfer-Encoding", encoding)):
+        message[name] = _FoldedHeader(name, value, value)
+    message.set_payload(body)
+
+
+def _freeze_short_headers(part: EmailMessage) -> None:
+    """Keep the MIME headers that set_content and add_attachment wrote, when short ASCII, as they read now,
+    so that writing the message out does not parse and refold them again."""
+    for name, value in part.items():
+        text = str(value)
+        if not isinstance(value, _FoldedHeader) and text.isascii() and len(name) + 2 + len(text) <= 78:
+            part.replace_header(name, _FoldedHeader(name, text, text))
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date() -> str:
+    """The Date header's value, formatted once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, format_datetime(localtime()))
+    return _date_cache[1]
+
+
 def _from_header(display_name: str, address: str) -> _FoldedHeader:
     """`"First Last" <address>`: a quoted string when ASCII, else encoded words folded under 78 columns."""
     if display_name.isascii() and "=?" not in display_name:
@@ -141,7 +182,7 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
         message["Sender"] = _FoldedHeader("Sender", smtp.envelope_from, smtp.envelope_from)
     message["To"] = _FoldedHeader("To", submission.mailbox, submission.mailbox)
     _add_text_header(message, "Subject", submission.subject)
-    message["Date"] = _FoldedHeader("Date", date := format_datetime(localtime()), date)
+    message["Date"] = _FoldedHeader("Date", date := _date(), date)
     message["Message-ID"] = _FoldedHeader("Message-ID", message_id := f"<{interaction_id}@{helo_name(smtp)}>",
                                           message_id)
     _add_text_header(message, "X-Genesys-Interaction-Id", interaction_id)
@@ -152,7 +193,9 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
     _add_text_header(message, "X-Genesys-Last-Name", submission.last_name)
     for key, value in submission.user_data:
         _add_text_header(message, "X-Genesys-User-Data", f"{key}={value}")
-    message.set_content(submission.text, charset="utf-8")
+    _set_text(message, submission.text)
+    if not submission.attachments:
+        return OutgoingEmail(message)
     outgoing = OutgoingEmail(message)
     for attachment in submission.attachments:
         maintype, _, subtype = attachment.content_type.partition("/")
@@ -160,4 +203,6 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
         placeholder = f"ATTACHMENT-{secrets.token_hex(16)}"
         message.get_payload()[-1].set_payload(placeholder)
         outgoing.placeholders[placeholder.encode()] = attachment
+    for part in message.iter_parts():
+        _freeze_short_headers(part)
     return outgoing

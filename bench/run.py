@@ -25,10 +25,18 @@ PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 TARGETS = "w1 A/N >= 1.3, w1 A/H >= 0.3, w2 A/N >= 1.2, w1 A p99 <= 50 ms, w3 A growth <= 2x payload"
 
 
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port free now, never one this process handed out before (the kernel may repeat itself)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
