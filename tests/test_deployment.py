@@ -141,7 +141,7 @@ class Chain:
         deadline = time.monotonic() + timeout
         while True:
             found = {}
-            if self.maildir.exists():
+            if all((self.maildir / part).is_dir() for part in ("tmp", "new", "cur")):  # Postfix makes them one by one
                 for message in mailbox.Maildir(self.maildir, create=False):
                     email = message_from_bytes(message.as_bytes(), policy=policy.default)
                     found.setdefault(email["X-Genesys-Interaction-Id"], []).append(email)
