@@ -167,7 +167,7 @@ class OptionsStore:
         self._signature = self._stat()
         self._options = load_options(self.path)
         self.generation = 1
-        GENERATION.set(self.generation)
+        self._published_in = 0  # the process that last set the generation gauge
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
@@ -180,6 +180,9 @@ class OptionsStore:
 
     def current(self) -> Options:
         """The options to serve one request with: one consistent set, never a half-applied edit."""
+        if self._published_in != os.getpid():  # a worker forked from a master that loaded the options
+            self._published_in = os.getpid()
+            GENERATION.set(self.generation)
         if time.monotonic() - self._checked >= self._options.reload_interval:
             with self._lock:
                 if time.monotonic() - self._checked >= self._options.reload_interval:

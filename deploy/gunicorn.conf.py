@@ -12,20 +12,23 @@ worker_class = "gthread"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 30
+# The app, and so options.ini, is loaded once in the master: an invalid file stops the start, and a worker
+# started later (after a HUP or a crash) inherits the options in force even if the file is broken just then.
+# Code changes therefore need a restart, not a HUP.
+preload_app = True
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
 capture_output = True
 
-# prometheus-client's multiprocess mode: every worker writes its samples here, /metrics merges them.
+# prometheus-client's multiprocess mode: every process writes its samples here, /metrics merges them.
+# This file is read before the app is preloaded, and again on every HUP: empty the folder only the first time.
 metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/run/email-api/metrics")
-
-
-def on_starting(server):
-    """Start with an empty metrics directory, as prometheus-client's multiprocess mode requires."""
+if not os.environ.get("EMAIL_API_METRICS_FOLDER_READY"):
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    os.makedirs(metrics_dir)
+    os.environ["EMAIL_API_METRICS_FOLDER_READY"] = metrics_dir
+os.makedirs(metrics_dir, exist_ok=True)
 
 
 def child_exit(server, worker):

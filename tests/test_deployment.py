@@ -256,6 +256,21 @@ def test_a_hup_while_requests_flow_loses_none(chain):
     chain.log.wait_for("Handling signal: hup")
 
 
+def test_workers_started_while_the_file_is_broken_keep_serving(chain):
+    broken = chain.options.with_suffix(".broken")
+    broken.write_text("[email]\nmailbox = nobody@\n")
+    os.replace(broken, chain.options)
+    booted = sum("Booting worker" in line for line in chain.log.lines)
+    chain.gunicorn.send_signal(signal.SIGHUP)  # new workers, forked from the master that loaded good options
+    deadline = time.monotonic() + 30
+    while sum("Booting worker" in line for line in chain.log.lines) < booted + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    answers = [chain.post_form(source=f"127.0.5.{i + 1}")[1] for i in range(6)]
+    assert [a["statusCode"] for a in answers] == [0] * 6
+    chain.log.wait_for("reload refused")
+    chain.write_options()
+
+
 def test_an_options_edit_reaches_every_worker(chain):
     files = [(f"{i}.pdf", PDF) for i in range(3)]
     assert chain.post_form(files, service="sales", source="127.0.2.1")[1]["statusCode"] == 0

@@ -83,13 +83,15 @@ def test_oversized_content_length_is_answered_without_the_body(gunicorn, options
     assert json.loads(body)["errors"][0]["code"] == 202
 
 
-def test_gunicorn_refuses_to_start_with_a_broken_options_file(options_file):
+@pytest.mark.parametrize("config", ([], ["-c", "deploy/gunicorn.conf.py"]), ids=("plain", "deploy-config"))
+def test_gunicorn_refuses_to_start_with_a_broken_options_file(options_file, tmp_path, config):
     options_file.write("[email]\nmailbox = nobody@\nmax_files = lots\n")
+    environment = {**os.environ, "OPTIONS_FILE": str(options_file.path)}
+    if config:
+        environment["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
     process = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{free_port()}", "--workers", "1"],
-        cwd=ROOT, env={**os.environ, "OPTIONS_FILE": str(options_file.path)}, capture_output=True, text=True,
-        timeout=60,
-    )
+        [sys.executable, "-m", "gunicorn", *config, "wsgi:app", "--bind", f"127.0.0.1:{free_port()}",
+         "--workers", "1"], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
     assert process.returncode != 0
     assert "[email] mailbox" in process.stderr and "[email] max_files" in process.stderr
 
