@@ -9,47 +9,20 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 from pathlib import Path
+
+from bench.ports import free_port, wait_for_port
 
 ROOT = Path(__file__).parent.parent
 APPS = {"A": "wsgi:app", "N": "bench.naive:app", "H": "bench.hello:app"}
 PDF_HEAD = b"%PDF-1.4\n"
 PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 TARGETS = "w1 A/N >= 1.3, w1 A/H >= 0.3, w2 A/N >= 1.2, w1 A p99 <= 50 ms, w3 A growth <= 2x payload"
-
-
-_ports_given: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port free now, never one this process handed out before (the kernel may repeat itself)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in _ports_given:
-            _ports_given.add(port)
-            return port
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def multipart(fields: dict[str, str], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:

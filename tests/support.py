@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
+
+from bench.ports import free_port, wait_for_port  # noqa: F401 - shared with the tests
 
 DATA = Path(__file__).parent / "data"
 PNG = (
@@ -21,20 +22,6 @@ GOOD_FORM = {
     "subject": "Invoice question",
     "text": "Hello,\r\nmy invoice is wrong.",
 }
-
-
-_ports_given: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port free now, never one this process handed out before (the kernel may repeat itself)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in _ports_given:
-            _ports_given.add(port)
-            return port
 
 
 def multipart(parts: list[tuple[str, Any]]) -> tuple[bytes, str]:

@@ -14,7 +14,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from support import PDF, PNG, LineWatcher, free_port, metric, multipart
+from support import PDF, PNG, LineWatcher, free_port, metric, multipart, wait_for_port
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.skipif(not (shutil.which("nginx") and shutil.which("postfix")),
@@ -82,19 +81,6 @@ http {{
     include {root}/site.conf;
 }}
 """
-
-
-def wait_for_port(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port}")
 
 
 class Chain:

@@ -1,0 +1,32 @@
+"""Loopback ports for the servers that the benchmark and the tests start."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+_ports_given: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port free now, never one this process handed out before (the kernel may repeat itself)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
