@@ -160,9 +160,6 @@ class OutgoingEmail:
             position = match.end()
         yield wire[position:]
 
-    def as_bytes(self) -> bytes:
-        return b"".join(self.chunks())
-
 
 def _base64_lines(attachment: Attachment) -> Iterator[bytes]:
     """The attachment's bytes as base64 lines of 76 characters joined by CRLF, with no CRLF after the last."""
