@@ -160,15 +160,15 @@ def permanent_delivery_error(error: PermanentDeliveryError) -> Response:
 def http_error(error: HTTPException) -> Response:
     status = error.code or 500
     code = HTTP_ERROR_CODES.get(status, MALFORMED_BODY if status == 400 else INTERNAL_ERROR)
-    note(outcome="rejected", status_code=2, error_codes=[code])
-    body = {"statusCode": 2, "errors": [{"code": code, "message": error.description or error.name}]}
-    headers = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else None
-    return json_response(body, status, headers)
+    rendered = ApiError.single(code, error.description or error.name, http_status=status)
+    if getattr(error, "valid_methods", None):
+        rendered.headers["Allow"] = ", ".join(error.valid_methods)
+    return api_error(rendered)
 
 
 @bp.app_errorhandler(Exception)
 def unexpected_error(error: Exception) -> Response:
     log.exception("unexpected error", extra={"fields": {"event": "unexpected_error"}})
     note(outcome="error", status_code=2, error_codes=[INTERNAL_ERROR])
-    body = {"statusCode": 2, "errors": [{"code": INTERNAL_ERROR, "message": "An unexpected error occurred."}]}
-    return json_response(body, 500)
+    rendered = ApiError.single(INTERNAL_ERROR, "An unexpected error occurred.", http_status=500)
+    return json_response(rendered.body(), rendered.http_status)

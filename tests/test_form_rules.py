@@ -135,3 +135,16 @@ def test_unknown_path_and_method_answer_json(client):
 def test_service_name_with_encoded_line_break_is_refused(client, smtp_server):
     response = client.post("/genesys/2/email/sup%0D%0Aport", data={"firstName": "Ana"})
     assert response.status_code == 400 and codes(response) == [608]
+
+
+def test_an_unexpected_error_is_json_and_logged(app, client, caplog):
+    def broken():
+        raise RuntimeError("boom")
+
+    app.add_url_rule("/broken", view_func=broken)
+    response = client.get("/broken")
+    assert response.status_code == 500
+    assert response.headers["Content-Type"] == "application/json;charset=utf-8"
+    assert response.get_json() == {"statusCode": 2,
+                                   "errors": [{"code": 614, "message": "An unexpected error occurred."}]}
+    assert any(record.exc_info for record in caplog.records)
