@@ -81,11 +81,16 @@ def _encoded_words(name: str, text: str) -> str:
     return Header(text, "utf-8", header_name=name).encode(linesep="\r\n")
 
 
+def _fits_as_written(name: str, text: str) -> bool:
+    """Whether the header is ASCII and fits one 78-column line, so it needs no encoding or folding."""
+    return text.isascii() and len(name) + 2 + len(text) <= 78
+
+
 def _add_text_header(message: EmailMessage, name: str, text: str) -> None:
     """Add an unstructured header; its value was checked to hold no control character."""
     if "=?" in text:
         message[name] = _FoldedHeader(name, text, _encoded_words(name, text))
-    elif text.isascii() and len(name) + 2 + len(text) <= 78:
+    elif _fits_as_written(name, text):
         message[name] = _FoldedHeader(name, text, text)
     else:
         message[name] = text
@@ -95,8 +100,9 @@ def _set_text(message: EmailMessage, text: str) -> None:
     """The body as text/plain; charset=utf-8: 7bit when it is short-lined ASCII, else quoted-printable
     (the email package's own encoder), so the message is 7-bit clean. Line breaks are normalised as
     set_content does, which this replaces because parsing its own headers made it the costliest step."""
-    body = "\n".join(text.splitlines()) + "\n"
-    if body.isascii() and max(map(len, body.splitlines())) <= 78:
+    lines = text.splitlines()
+    body = "\n".join(lines) + "\n"
+    if body.isascii() and max(map(len, lines), default=0) <= 78:
         encoding = "7bit"
     else:
         encoding = "quoted-printable"
@@ -108,11 +114,11 @@ def _set_text(message: EmailMessage, text: str) -> None:
 
 
 def _freeze_short_headers(part: EmailMessage) -> None:
-    """Keep the MIME headers that set_content and add_attachment wrote, when short ASCII, as they read now,
-    so that writing the message out does not parse and refold them again."""
+    """Keep the MIME headers that add_attachment wrote, when short ASCII, as they read now, so that writing
+    the message out does not parse and refold them again."""
     for name, value in part.items():
         text = str(value)
-        if not isinstance(value, _FoldedHeader) and text.isascii() and len(name) + 2 + len(text) <= 78:
+        if not isinstance(value, _FoldedHeader) and _fits_as_written(name, text):
             part.replace_header(name, _FoldedHeader(name, text, text))
 
 
