@@ -10,7 +10,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.logs import configure_logging
-from app.options import OptionsStore
+from app.options_store import OptionsStore
 
 OPTIONS_KEY = "email_api.options"
 

@@ -20,8 +20,9 @@ SMTP_SECONDS = Histogram("email_smtp_round_trip_seconds", "Time from connecting 
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 ATTACHMENT_BYTES = Counter("email_attachment_bytes", "Bytes of attachments delivered")
 RELOADS = Counter("email_options_reloads", "Reloads of options.ini by result", ["result"])
-GENERATION = Gauge("email_options_generation", "Generation of the options in force (1 at start)",
-                   multiprocess_mode="livemax")
+# One sample per live process (label pid in multiprocess mode), so that a worker serving older options shows.
+OPTIONS_VERSION = Gauge("email_options_version", "Version of the options in force in this process, numbered by the node",
+                        multiprocess_mode="liveall")
 
 
 def exposition() -> tuple[bytes, str]:

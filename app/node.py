@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import hmac
 import os
+import tempfile
 from pathlib import Path
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import NotFound
 
 from app import metrics
@@ -30,8 +31,11 @@ class NodeStatus:
         return status if status in STATUSES else "ONLINE"
 
     def set(self, status: str) -> None:
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        temporary.write_text(status + "\n", encoding="ascii")
+        """Write the status under a name of its own, then rename it into place: concurrent drains never collide."""
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        with os.fdopen(handle, "w", encoding="ascii") as out:
+            out.write(status + "\n")
+        os.chmod(temporary, 0o644)
         os.replace(temporary, self.path)
 
 
@@ -63,7 +67,9 @@ def ping() -> Response:
 @bp.get("/genesys/1/admin/node/status")
 def status() -> Response:
     _require_admin()
-    return Response(node_status().get(), content_type="text/plain;charset=utf-8")
+    in_force = current_app.extensions["options"].in_force
+    return Response(node_status().get(), content_type="text/plain;charset=utf-8",
+                    headers={"X-Options-Version": str(in_force.version), "X-Options-Digest": in_force.digest[:16]})
 
 
 @bp.post("/genesys/1/admin/node/changestatus/<any(ONLINE, OFFLINE):new_status>")

@@ -1,22 +1,24 @@
-"""Load and validate options.ini, the stand-in for Config Server's Options tab; resolve it per service; and
-re-read it live when it changes."""
+"""Load and validate options.ini, the stand-in for Config Server's Options tab, and resolve it per service."""
 from __future__ import annotations
 
-import logging
 import os
 import re
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
+from configobj import ConfigObj, ConfigObjError, DuplicateError, flatten_errors, get_extra_values
 from validate import ValidateError
 
-from app.metrics import GENERATION, RELOADS
-from app.options_schema import EMAIL_KEYS, SECTIONS, VALIDATOR, configspec, ini_lines
-
-log = logging.getLogger(__name__)
+from app.options_schema import (
+    EMAIL_KEYS,
+    SECRET_KEYS,
+    SECTIONS,
+    VALIDATOR,
+    Invalid,
+    configspec,
+    expected,
+    ini_lines,
+)
 
 
 class OptionsError(Exception):
@@ -83,16 +85,39 @@ class Options:
         return any(p == wanted or p == f"*@{domain}" for p in service.allowed_mailboxes)
 
 
-def _parse(path: Path) -> ConfigObj:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OptionsError([f"{path}: cannot be read: {exc}"]) from None
+def _parse(path: Path, text: str) -> ConfigObj:
     try:
         return ConfigObj(ini_lines(text), configspec=configspec(), interpolation=False, raise_errors=False)
     except ConfigObjError as exc:
         errors = getattr(exc, "errors", []) or [exc]
-        raise OptionsError([f"{path}: {error}" for error in errors]) from None
+        raise OptionsError([f"{path}: {_parse_problem(error)}" for error in errors]) from None
+
+
+def _parse_problem(error: Exception) -> str:
+    """A parse error without the line's text, which may hold a secret."""
+    if isinstance(error, DuplicateError):
+        return str(error)
+    line = getattr(error, "line_number", None)
+    return (f"line {line}: cannot be read: expected [section], key = value or a comment, with closed quotes "
+            "(the line is not shown: it may hold a secret)")
+
+
+def _spec(config: ConfigObj, sections: list[str], key: str) -> str:
+    spec = config.configspec
+    for name in sections:
+        spec = spec[name] if name in spec else spec["__many__"]
+    return spec.get(key, "")
+
+
+def _value_problem(config: ConfigObj, sections: list[str], key: str, error: Exception | bool) -> str:
+    if not isinstance(error, ValidateError):
+        return "missing section"
+    secret = (sections[0] if sections else "", key) in SECRET_KEYS
+    if isinstance(error, Invalid):
+        why = error.safe if secret else str(error)
+    else:
+        why = "the value is not valid (not shown: it is secret)" if secret else str(error).rstrip(".")
+    return f"{why}; expected {expected(_spec(config, sections, key))}"
 
 
 def _check(path: Path, config: ConfigObj) -> list[str]:
@@ -101,14 +126,19 @@ def _check(path: Path, config: ConfigObj) -> list[str]:
         if name not in SECTIONS and not re.fullmatch(r"email\.[^\s\[\]]+", name):
             problems.append(f"{path}: [{name}]: unknown section")
     for sections, key, error in flatten_errors(config, config.validate(VALIDATOR, preserve_errors=True)):
-        why = error if isinstance(error, ValidateError) else "missing section"
-        problems.append(f"{path}: [{'.'.join(sections)}] {key}: {why}")
+        problems.append(f"{path}: [{'.'.join(sections)}] {key}: {_value_problem(config, sections, key, error)}")
     for sections, name in get_extra_values(config):
         if sections and (sections[0] in SECTIONS or sections[0].startswith("email.")):
             problems.append(f"{path}: [{'.'.join(sections)}] {name}: unknown key")
-    smtp = config.get("smtp", {})
-    if smtp.get("username") and not smtp.get("password"):
-        problems.append(f"{path}: [smtp] password: missing while username is set")
+    for section in ("smtp", "admin"):
+        values = config.get(section, {})
+        if values.get("username") and not values.get("password"):
+            problems.append(f"{path}: [{section}] password: missing while username is set")
+    status_file = config.get("server", {}).get("status_file")
+    if isinstance(status_file, str) and status_file:
+        folder = Path(status_file).parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+            problems.append(f"{path}: [server] status_file: its folder {folder} does not exist or cannot be written")
     return problems
 
 
@@ -118,10 +148,41 @@ def _service(name: str, base: dict, overrides: dict, default_mailbox: str) -> Se
     return ServiceOptions(name=name, **values)
 
 
+def read_options(path: str | Path) -> tuple[bytes, Options]:
+    """Read options.ini and validate it completely: its bytes and the options, or OptionsError listing every problem.
+
+    Whatever the file holds, nothing but OptionsError is raised.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise OptionsError([f"{path}: cannot be read: {exc.strerror or exc}"]) from None
+    return raw, options_from_bytes(raw, path)
+
+
 def load_options(path: str | Path) -> Options:
     """Read and validate options.ini completely, or raise OptionsError listing every problem."""
+    return read_options(path)[1]
+
+
+def options_from_bytes(raw: bytes, path: str | Path) -> Options:
+    """Validate the bytes of an options file named `path`; raises only OptionsError."""
     path = Path(path)
-    config = _parse(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OptionsError([f"{path}: cannot be read: not UTF-8 text (byte {exc.start})"]) from None
+    try:
+        return _options(path, text)
+    except OptionsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - no edit may take a node down, whatever the parser meets
+        raise OptionsError([f"{path}: cannot be used: {type(exc).__name__}"]) from None
+
+
+def _options(path: Path, text: str) -> Options:
+    config = _parse(path, text)
     problems = _check(path, config)
     if problems:
         raise OptionsError(problems)
@@ -154,57 +215,3 @@ def load_options(path: str | Path) -> Options:
         proxy_hops=config["server"]["proxy_hops"],
         status_file=config["server"]["status_file"],
     )
-
-
-class OptionsStore:
-    """The options in force in this worker, re-read when the file changes (checked by a throttled stat).
-
-    An edit that does not validate is refused and logged; the last good options stay in force.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._signature = self._stat()
-        self._options = load_options(self.path)
-        self.generation = 1
-        self._published_in = 0  # the process that last set the generation gauge
-        self._checked = time.monotonic()
-        self._lock = threading.Lock()
-
-    def _stat(self) -> tuple[int, ...] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def current(self) -> Options:
-        """The options to serve one request with: one consistent set, never a half-applied edit."""
-        if self._published_in != os.getpid():  # a worker forked from a master that loaded the options
-            self._published_in = os.getpid()
-            GENERATION.set(self.generation)
-        if time.monotonic() - self._checked >= self._options.reload_interval:
-            with self._lock:
-                if time.monotonic() - self._checked >= self._options.reload_interval:
-                    self._reload_if_changed()
-                    self._checked = time.monotonic()
-        return self._options
-
-    def _reload_if_changed(self) -> None:
-        signature = self._stat()
-        if signature == self._signature or signature is None:
-            return
-        self._signature = signature
-        try:
-            options = load_options(self.path)
-        except OptionsError as exc:
-            RELOADS.labels("refused").inc()
-            log.error("options reload refused, the last good options stay in force: %s", "; ".join(exc.problems),
-                      extra={"fields": {"event": "options_reload", "result": "refused", "problems": exc.problems}})
-            return
-        self._options = options
-        self.generation += 1
-        RELOADS.labels("ok").inc()
-        GENERATION.set(self.generation)
-        log.info("options reloaded from %s (generation %d)", self.path, self.generation,
-                 extra={"fields": {"event": "options_reload", "result": "ok", "generation": self.generation}})

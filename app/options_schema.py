@@ -7,8 +7,23 @@ from email_validator import EmailNotValidError, validate_email
 from validate import ValidateError, Validator
 
 DEFAULT_FILE_TYPES = ("pdf", "doc", "txt", "jpg", "png", "gif", "bmp", "zip")
-SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}  # by the first letter: K and KB alike
 SECTIONS = ("email", "smtp", "cors", "security", "admin", "server")
+# Keys whose values no problem, log line or answer ever shows.
+SECRET_KEYS = {("smtp", "password"), ("admin", "password"), ("security", "api_keys")}
+# What each check expects, in words, for problems that say what was expected.
+EXPECTED = {
+    "integer": "a whole number",
+    "float": "a number",
+    "boolean": "true or false",
+    "one_line": "one line of text",
+    "mailbox": "an email address",
+    "mailbox_patterns": "a list of email addresses or *@domain",
+    "size": "a size: a number of bytes, or with B, K/KB, M/MB or G/GB (1024-based)",
+    "extensions": "a list of file extensions such as pdf,txt",
+    "origins": "a list of origins such as https://www.example.com or https://*.example.com, or *",
+    "keys": "a list of keys, each one line",
+}
 
 # The keys of [email] as (configobj check, its arguments, default); [email.<service>] may override any.
 EMAIL_KEYS = {
@@ -53,7 +68,25 @@ def configspec() -> list[str]:
 
 
 class Invalid(ValidateError):
-    """A value that a check of this service's own refuses; its message says why."""
+    """A value that a check of this service's own refuses; its message says why, `safe` says so without the value."""
+
+    def __init__(self, message: str, safe: str | None = None) -> None:
+        super().__init__(message)
+        self.safe = safe or message
+
+
+def expected(spec: str) -> str:
+    """What a configspec entry such as `integer(min=1, max=65535, default=25)` expects, in words."""
+    check, _, args = spec.partition("(")
+    if check == "option":
+        return "one of " + ", ".join(re.findall(r'"([^"]*)"', args.split("default=")[0]))
+    words = EXPECTED.get(check, check)
+    bounds = dict(re.findall(r"(min|max)=([\d.]+)", args))
+    if check in ("integer", "float", "size") and bounds:
+        unit = " bytes" if check == "size" else ""
+        words += f" from {bounds.get('min', '0')} to {bounds['max']}{unit}" if "max" in bounds else \
+            f" of at least {bounds['min']}{unit}"
+    return words
 
 
 def _as_list(value: str | list[str]) -> list[str]:
@@ -63,7 +96,7 @@ def _as_list(value: str | list[str]) -> list[str]:
 
 def _one_line(value: str | list[str], min: str = "0") -> str:  # noqa: A002 - configobj's keyword
     if not isinstance(value, str):
-        raise Invalid(f"{value!r} (quote a value that holds a comma)")
+        raise Invalid(f"{value!r} is a list: quote a value that holds a comma", "it holds a comma: quote it")
     if re.search(r"[\x00-\x1f\x7f]", value):
         raise Invalid("a control character")
     if len(value) < int(min):
@@ -100,7 +133,7 @@ def _size(value: str | list[str], min: str = "0", max: str | None = None) -> int
     match = re.fullmatch(r"\s*(\d+)\s*([KMG]?B?)\s*", _one_line(value), re.IGNORECASE)
     if not match:
         raise Invalid(f"{value!r} is not a size such as 10MB")
-    size = int(match[1]) * SIZE_UNITS[match[2].upper()]
+    size = int(match[1]) * SIZE_UNITS[match[2][:1].upper()]
     if size < int(min) or (max is not None and size > int(max)):
         raise Invalid(f"{value!r} is outside {min}..{max} bytes")
     return size

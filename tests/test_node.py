@@ -53,3 +53,23 @@ def test_status_survives_a_restart(admin, client, options_file):
 
 def test_unknown_status_is_404(admin, client):
     assert client.post("/genesys/1/admin/node/changestatus/MAYBE", headers=ADMIN).status_code == 404
+
+
+def test_concurrent_drains_in_one_worker_all_succeed(admin, app):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def change(i: int) -> int:
+        status = ("ONLINE", "OFFLINE")[i % 2]
+        return app.test_client().post(f"/genesys/1/admin/node/changestatus/{status}", headers=ADMIN).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(change, range(400))) == {200}
+    assert app.test_client().get("/genesys/1/admin/node/status", headers=ADMIN).data in (b"ONLINE", b"OFFLINE")
+
+
+def test_admin_status_shows_the_options_in_force(admin, client, options_file):
+    first = client.get("/genesys/1/admin/node/status", headers=ADMIN)
+    options_file.write(email={"tenant": "Edited"})
+    second = client.get("/genesys/1/admin/node/status", headers=ADMIN)
+    assert int(second.headers["X-Options-Version"]) == int(first.headers["X-Options-Version"]) + 1
+    assert second.headers["X-Options-Digest"] != first.headers["X-Options-Digest"]

@@ -90,3 +90,59 @@ def test_reload_is_throttled_by_reload_interval(options_file, app, submit, smtp_
     submit()  # picks up the long interval
     options_file.write(email={"max_files": "0"})
     assert submit(files=[("a.txt", b"x")]).get_json()["statusCode"] == 0  # not re-read within the interval
+
+
+@pytest.mark.parametrize(("text", "size"), (("10M", 10 * 1024**2), ("512K", 512 * 1024), ("1G", 1024**3),
+                                            ("3 k", 3072), ("7b", 7), ("2 Mb", 2 * 1024**2)))
+def test_sizes_take_single_letter_units(tmp_path, text, size):
+    path = tmp_path / "options.ini"
+    path.write_text(f"[email]\nmailbox = a@example.com\nmax_size = {text}\n")
+    assert load_options(path).catch_all.max_size == size
+
+
+def test_admin_username_without_password_is_refused(tmp_path):
+    path = tmp_path / "options.ini"
+    path.write_text("[email]\nmailbox = a@example.com\n[admin]\nusername = ops\n")
+    with pytest.raises(OptionsError, match=r"\[admin\] password"):
+        load_options(path)
+
+
+@pytest.mark.parametrize("lines", (
+    "[smtp]\nusername = gms\npassword = Smtp,S3cret\n",
+    "[admin]\nusername = ops\npassword = Adm,S3cret\n",
+    "[security]\napi_keys = \"k1, S3cret\x01\"\n",
+    "[smtp]\nusername = gms\npassword = \"S3cret\n",
+    "[smtp]\nusername = gms\npassword = 'S3cret\" x\n",
+))
+def test_problems_never_print_a_secret(tmp_path, lines):
+    path = tmp_path / "options.ini"
+    path.write_text("[email]\nmailbox = a@example.com\n" + lines)
+    with pytest.raises(OptionsError) as caught:
+        load_options(path)
+    assert caught.value.problems
+    assert "S3cret" not in "\n".join(caught.value.problems)
+
+
+@pytest.mark.parametrize(("line", "expected"), (
+    ("[smtp]\nport = abc", "a whole number from 1 to 65535"),
+    ("[smtp]\nport = 70000", "a whole number from 1 to 65535"),
+    ("[smtp]\nsecurity = tls", "one of none, starttls, ssl"),
+    ("[smtp]\ntimeout = soon", "a number from 0.1 to 600"),
+    ("[email]\ncheck_file_content = maybe", "true or false"),
+    ("[email]\nmax_size = lots", "a size"),
+))
+def test_problems_say_what_was_expected(tmp_path, line, expected):
+    path = tmp_path / "options.ini"
+    path.write_text("[email]\nmailbox = a@example.com\n" + line.replace("[email]\n", "") + "\n")
+    with pytest.raises(OptionsError) as caught:
+        load_options(path)
+    assert expected in "\n".join(caught.value.problems)
+
+
+@pytest.mark.parametrize("status_file", ("missing-folder/node.status", "a-file/node.status"))
+def test_a_status_file_in_a_folder_that_cannot_be_written_is_refused(tmp_path, status_file):
+    (tmp_path / "a-file").write_text("")
+    path = tmp_path / "options.ini"
+    path.write_text(f"[email]\nmailbox = a@example.com\n[server]\nstatus_file = {tmp_path / status_file}\n")
+    with pytest.raises(OptionsError, match=r"\[server\] status_file"):
+        load_options(path)

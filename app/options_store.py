@@ -1,0 +1,281 @@
+"""The options in force in each process, and how every process of a node converges on the newest good file.
+
+Each process re-reads options.ini when it changes: a watcher thread checks every `reload_interval`, and so
+does a request that finds the check due. A valid file is published to the node's snapshot, a private file
+shared by the processes of one process group (gunicorn's master and its workers) that holds the newest good
+text under a version number that only grows. A process whose file is invalid serves that snapshot when it is
+newer than its own options, so no process, however idle or newly forked, serves older options than any
+process of the node has seen; a node that never saw good options refuses to start.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.metrics import OPTIONS_VERSION, RELOADS
+from app.options import Options, OptionsError, options_from_bytes, read_options
+
+log = logging.getLogger("app.options")
+STATE_DIR_VARIABLE = "EMAIL_API_STATE_DIR"
+TICK = 0.1  # seconds between the watcher's looks at the stores whose check is due
+
+
+@dataclass(frozen=True)
+class InForce:
+    """Options in force, with the node's version number and the digest of the file text they came from."""
+
+    options: Options
+    version: int
+    digest: str
+
+
+def _stat(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def state_folder() -> Path:
+    """The folder for the node's snapshots: $EMAIL_API_STATE_DIR, else a private folder in the temporary one."""
+    folder = Path(os.environ.get(STATE_DIR_VARIABLE) or Path(tempfile.gettempdir()) / f"email-api-{os.geteuid()}")
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.stat()
+    except OSError as exc:
+        raise OptionsError([f"{STATE_DIR_VARIABLE} {folder}: cannot be used: {exc.strerror or exc}"]) from None
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not os.access(folder, os.W_OK | os.X_OK):
+        raise OptionsError([f"{STATE_DIR_VARIABLE} {folder}: must be a folder of this user that others cannot write"])
+    return folder
+
+
+class NodeSnapshot:
+    """The newest good options text that any process of this node (process group) has seen, with its version."""
+
+    def __init__(self, options_path: Path) -> None:
+        self.folder = state_folder()
+        self.name = "options-" + hashlib.sha256(str(options_path.resolve()).encode()).hexdigest()[:16]
+        self._seen: tuple[int, ...] | None = None
+
+    def _path(self, suffix: str) -> Path:
+        return self.folder / f"{self.name}-{os.getpgid(0)}{suffix}"
+
+    def changed(self) -> bool:
+        """Whether the snapshot changed since this process last read or wrote it."""
+        return _stat(self._path(".json")) != self._seen
+
+    def read(self) -> dict[str, Any] | None:
+        path = self._path(".json")
+        self._seen = _stat(path)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and {"version", "digest", "text"} <= record.keys() else None
+
+    def publish(self, raw: bytes, digest: str, still_current: Callable[[], bool]) -> int | None:
+        """Record `raw` as the newest good text and return its version; None when the file changed meanwhile."""
+        with open(self._path(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = self.read()
+            if record is not None and record["digest"] == digest:
+                return int(record["version"])
+            if not still_current():  # what this process read is older than the file: it must not win
+                return None
+            if record is None:
+                self._forget_ended_nodes()
+            version = (int(record["version"]) if record else 0) + 1
+            handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f".{self.name}-")
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump({"version": version, "digest": digest, "text": raw.decode("utf-8")}, out)
+            os.replace(temporary, self._path(".json"))
+            self._seen = _stat(self._path(".json"))
+            return version
+
+    def _forget_ended_nodes(self) -> None:
+        """Remove the snapshots of earlier runs, whose process group has ended."""
+        for path in self.folder.glob(f"{self.name}-*"):
+            group = path.stem.rpartition("-")[2]
+            if not group.isdigit():
+                continue
+            try:
+                os.killpg(int(group), 0)
+            except ProcessLookupError:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+class OptionsStore:
+    """The options in force in this process: re-read when options.ini changes, never older than the node's newest.
+
+    An edit that does not validate is refused and logged; the newest good options of the node stay in force.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.snapshot = NodeSnapshot(self.path)
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        self._signature = _stat(self.path)
+        self._file_ok = True
+        try:
+            raw, options = read_options(self.path)
+        except OptionsError as error:
+            in_force = self._from_snapshot(0)
+            if in_force is None:
+                raise
+            self._file_ok = False
+            self._log_refusal(error, in_force.version)
+        else:
+            digest = _digest(raw)
+            version = self.snapshot.publish(raw, digest, lambda: _stat(self.path) == self._signature)
+            if version is None:
+                self._signature = None  # read again at the first check
+            in_force = InForce(options, version or 0, digest)
+        self._in_force = in_force
+        self._checked = time.monotonic()
+        self._published_in = 0  # the process that last set the version gauge
+        _watch(self)
+
+    @property
+    def in_force(self) -> InForce:
+        """The options in force with their version and digest."""
+        return self._in_force
+
+    def current(self) -> Options:
+        """The options to serve one request with: one consistent set, never a half-applied edit."""
+        if self._published_in != os.getpid():
+            self._publish_version()
+        if time.monotonic() - self._checked >= self._in_force.options.reload_interval:
+            self.refresh()
+        return self._in_force.options
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (in the thread that found it) whenever other options come into force."""
+        self._listeners.append(listener)
+
+    def refresh(self, force: bool = False) -> None:
+        """Look at the file, and at the node's snapshot while the file is invalid, if the check is due."""
+        with self._lock:
+            if not force and time.monotonic() - self._checked < self._in_force.options.reload_interval:
+                return
+            try:
+                self._refresh()
+            except Exception:  # noqa: BLE001 - the options in force stay; the watcher and requests go on
+                log.exception("options check failed; the options in force stay",
+                              extra={"fields": {"event": "options_reload", "result": "failed"}})
+            finally:
+                self._checked = time.monotonic()
+
+    def _refresh(self) -> None:
+        signature = _stat(self.path)
+        if signature != self._signature:
+            self._signature = signature
+            try:
+                raw, options = read_options(self.path)
+            except OptionsError as error:
+                self._file_ok = False
+                RELOADS.labels("refused").inc()
+                self._log_refusal(error, self._in_force.version)
+            else:
+                self._file_ok = True
+                digest = _digest(raw)
+                version = self.snapshot.publish(raw, digest, lambda: _stat(self.path) == signature)
+                if version is None:
+                    self._signature = None
+                elif (version, digest) != (self._in_force.version, self._in_force.digest):
+                    RELOADS.labels("ok").inc()
+                    self._adopt(InForce(options, version, digest), "reloaded")
+        if not self._file_ok and self.snapshot.changed():
+            in_force = self._from_snapshot(self._in_force.version)
+            if in_force is not None:
+                self._adopt(in_force, "taken from the node's newest good options")
+
+    def _from_snapshot(self, newer_than: int) -> InForce | None:
+        record = self.snapshot.read()
+        if record is None or int(record["version"]) <= newer_than:
+            return None
+        try:
+            options = options_from_bytes(record["text"].encode("utf-8"), self.path)
+        except OptionsError as error:
+            log.error("the node's newest good options no longer validate: %s", "; ".join(error.problems))
+            return None
+        return InForce(options, int(record["version"]), record["digest"])
+
+    def _adopt(self, in_force: InForce, how: str) -> None:
+        self._in_force = in_force
+        self._publish_version()
+        log.info("options %s from %s (version %d)", how, self.path, in_force.version,
+                 extra={"fields": {"event": "options_reload", "result": "ok", "version": in_force.version}})
+        for listener in self._listeners:
+            listener()
+
+    def _publish_version(self) -> None:
+        self._published_in = os.getpid()
+        OPTIONS_VERSION.set(self._in_force.version)
+
+    def _log_refusal(self, error: OptionsError, version: int) -> None:
+        log.error("options reload refused, the newest good options (version %d) stay in force: %s", version,
+                  "; ".join(error.problems), extra={"fields": {
+                      "event": "options_reload", "result": "refused", "version": version, "problems": error.problems}})
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._checked = float("-inf")
+        self._published_in = 0
+
+
+# One watcher thread per process looks at every store, so that idle workers take edits too.
+_stores: weakref.WeakSet[OptionsStore] = weakref.WeakSet()
+_watch_lock = threading.Lock()
+_watcher_pid = 0
+
+
+def _watch(store: OptionsStore) -> None:
+    global _watcher_pid
+    _stores.add(store)
+    if _watcher_pid != os.getpid():
+        _watcher_pid = os.getpid()
+        threading.Thread(target=_run_watcher, name="options-watcher", daemon=True).start()
+
+
+def _run_watcher() -> None:
+    while True:
+        with _watch_lock:
+            for store in list(_stores):
+                store.refresh()
+        time.sleep(TICK)
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker checks the file at once and runs a watcher of its own (threads do not survive fork)."""
+    global _watcher_pid
+    _watch_lock.release()
+    stores = list(_stores)
+    for store in stores:
+        store._after_fork()
+    if stores:
+        _watcher_pid = 0
+        _watch(stores[0])
+
+
+# A fork never copies a store in the middle of a check: its lock would stay taken in the child.
+os.register_at_fork(before=_watch_lock.acquire, after_in_parent=_watch_lock.release,
+                    after_in_child=_after_fork_in_child)
