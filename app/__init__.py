@@ -4,13 +4,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.logs import configure_logging
-from app.options_store import OptionsStore
+
+if TYPE_CHECKING:
+    from app.options_store import OptionsStore
 
 OPTIONS_KEY = "email_api.options"
 
@@ -31,6 +33,8 @@ class OptionsPerRequest:
 
 def create_app(options_path: str | Path | None = None) -> Flask:
     """Create and configure an instance of the Flask application; raises OptionsError for a bad file."""
+    from app.options_store import OptionsStore  # here, so that `python -m app check` loads no metrics
+
     configure_logging()
     app = Flask(__name__)
     # A service named "email" is served at its own URL, never redirected (an HTML 308) to the catch-all's.

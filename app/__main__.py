@@ -1,5 +1,10 @@
 import sys
 
-from app.local import main
+if sys.argv[1:2] == ["check"]:
+    from app.check import main as check
+
+    sys.exit(check(sys.argv[2:]))
+
+from app.local import main  # noqa: E402 - the check command must not load the service
 
 sys.exit(main())

@@ -21,7 +21,7 @@ SMTP_SECONDS = Histogram("email_smtp_round_trip_seconds", "Time from connecting 
 ATTACHMENT_BYTES = Counter("email_attachment_bytes", "Bytes of attachments delivered")
 RELOADS = Counter("email_options_reloads", "Reloads of options.ini by result", ["result"])
 # One sample per live process (label pid in multiprocess mode), so that a worker serving older options shows.
-OPTIONS_VERSION = Gauge("email_options_version", "Version of the options in force in this process, numbered by the node",
+OPTIONS_VERSION = Gauge("email_options_version", "Version of the options in force in this process (node-wide numbers)",
                         multiprocess_mode="liveall")
 
 

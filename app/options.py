@@ -7,11 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from configobj import ConfigObj, ConfigObjError, DuplicateError, flatten_errors, get_extra_values
-from validate import ValidateError
+from validate import (
+    ValidateError,
+    VdtTypeError,
+    VdtValueTooBigError,
+    VdtValueTooLongError,
+    VdtValueTooShortError,
+    VdtValueTooSmallError,
+)
 
 from app.options_schema import (
     EMAIL_KEYS,
-    SECRET_KEYS,
     SECTIONS,
     VALIDATOR,
     Invalid,
@@ -109,14 +115,15 @@ def _spec(config: ConfigObj, sections: list[str], key: str) -> str:
     return spec.get(key, "")
 
 
+# Why configobj's own checks refused a value, in words that never show the value (it may be a secret).
+REASONS = {VdtTypeError: "not valid", VdtValueTooSmallError: "too small", VdtValueTooBigError: "too large",
+           VdtValueTooShortError: "too short", VdtValueTooLongError: "too long"}
+
+
 def _value_problem(config: ConfigObj, sections: list[str], key: str, error: Exception | bool) -> str:
     if not isinstance(error, ValidateError):
         return "missing section"
-    secret = (sections[0] if sections else "", key) in SECRET_KEYS
-    if isinstance(error, Invalid):
-        why = error.safe if secret else str(error)
-    else:
-        why = "the value is not valid (not shown: it is secret)" if secret else str(error).rstrip(".")
+    why = str(error) if isinstance(error, Invalid) else REASONS.get(type(error), "not one of the allowed values")
     return f"{why}; expected {expected(_spec(config, sections, key))}"
 
 

@@ -4,7 +4,8 @@ Timeout ladder: [smtp] timeout (10 s) < gunicorn `timeout` (30 s) < nginx proxy_
 so a slow relay ends as a statusCode 1 answer, never as a killed worker or a proxy error page.
 """
 import os
-import shutil
+import re
+from pathlib import Path
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # SMTP calls block: threads keep a worker serving while one request waits for the relay.
@@ -22,13 +23,21 @@ accesslog = "-"
 errorlog = "-"
 capture_output = True
 
+# gunicorn 25.1+ opens a control socket for gunicornc under $HOME, which the service user may not have.
+control_socket_disable = True
+
 # prometheus-client's multiprocess mode: every process writes its samples here, /metrics merges them.
-# This file is read before the app is preloaded, and again on every HUP: empty the folder only the first time.
+# This file is also read by `gunicorn --check-config` and on every HUP: it only makes sure the folder exists.
 metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/run/email-api/metrics")
-if not os.environ.get("EMAIL_API_METRICS_FOLDER_READY"):
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    os.environ["EMAIL_API_METRICS_FOLDER_READY"] = metrics_dir
 os.makedirs(metrics_dir, exist_ok=True)
+
+
+def on_starting(server):
+    """Only a master that really starts forgets the samples of processes of an earlier run."""
+    for path in Path(metrics_dir).glob("*.db"):
+        pid = re.search(r"_(\d+)\.db$", path.name)
+        if not pid or int(pid[1]) != os.getpid():
+            path.unlink(missing_ok=True)
 
 
 def child_exit(server, worker):

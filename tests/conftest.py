@@ -132,6 +132,15 @@ class FaultyController(Controller):
         return FaultySMTP(self.handler, **self.SMTP_kwargs)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def state_folder(tmp_path_factory):
+    """The node snapshots of the apps the tests build, kept with the tests' other temporary files."""
+    folder = tmp_path_factory.mktemp("state")
+    folder.chmod(0o700)
+    os.environ["EMAIL_API_STATE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture
 def smtp_server():
     """A real SMTP server (aiosmtpd) on a free port whose handler records messages and can be told to fail."""

@@ -1,0 +1,31 @@
+"""`python -m app check [OPTIONS_FILE]`: validate an options file before a reload or a restart, touching nothing."""
+from __future__ import annotations
+
+import os
+import sys
+
+from app.options import Options, OptionsError, load_options
+
+
+def summary(options: Options) -> str:
+    """One line saying what a valid file configures, without any secret."""
+    services = ", ".join(f"{s.name} → {s.mailbox}" for s in (options.catch_all, *options.services.values()))
+    smtp = options.smtp
+    relay = f"{smtp.host}:{smtp.port} ({smtp.security}{', AUTH' if smtp.username else ''})"
+    return (f"services: {services}; relay: {relay}; API keys: {len(options.api_keys)}; "
+            f"CORS origins: {len(options.allowed_origins)}; admin API: {'on' if options.admin_username else 'off'}")
+
+
+def main(argv: list[str]) -> int:
+    """Print every problem of the file (exit 1) or a one-line summary of what it configures (exit 0)."""
+    if argv[:1] in (["-h"], ["--help"]) or len(argv) > 1:
+        print("usage: python -m app check [OPTIONS_FILE]   (default: $OPTIONS_FILE or options.ini)", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    path = argv[0] if argv else os.environ.get("OPTIONS_FILE", "options.ini")
+    try:
+        options = load_options(path)
+    except OptionsError as error:
+        print(f"{path} has problems:", *error.problems, sep="\n  ")
+        return 1
+    print(f"{path} is valid: {summary(options)}")
+    return 0

@@ -1,0 +1,66 @@
+"""`python -m app check`: validate an options file before a reload, touching nothing else."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def live_folders(tmp_path):
+    """A metrics folder and a status file as a running node has them, to prove a check leaves them alone."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "counter_1234.db").write_bytes(b"live")
+    return {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_valid_file_gets_a_one_line_summary_and_exit_0(tmp_path, live_folders):
+    options = tmp_path / "options.ini"
+    options.write_text("[email]\nmailbox = support@example.com\n[email.sales]\nmailbox = sales@example.com\n"
+                       f"[smtp]\nhost = relay.example.com\nusername = gms\npassword = Smtp-S3cret\n"
+                       f"[server]\nstatus_file = {tmp_path / 'node.status'}\n")
+    result = run("-m", "app", "check", str(options), env=live_folders)
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert "valid" in line and "sales → sales@example.com" in line and "relay.example.com:25" in line
+    assert "S3cret" not in result.stdout + result.stderr
+    assert sorted(os.listdir(live_folders["PROMETHEUS_MULTIPROC_DIR"])) == ["counter_1234.db"]
+    assert not (tmp_path / "node.status").exists()
+
+
+def test_an_invalid_file_lists_every_problem_and_exits_1(tmp_path, live_folders):
+    options = tmp_path / "options.ini"
+    options.write_text("[email]\nmailbox = support@\nmax_size = 10XB\n[smtp]\npassword = Smtp,S3cret\nusername = x\n")
+    result = run("-m", "app", "check", str(options), env=live_folders)
+    assert result.returncode == 1
+    assert "[email] mailbox" in result.stdout and "[email] max_size" in result.stdout
+    assert "[smtp] password" in result.stdout and "S3cret" not in result.stdout
+    assert sorted(os.listdir(live_folders["PROMETHEUS_MULTIPROC_DIR"])) == ["counter_1234.db"]
+
+
+def test_the_file_defaults_to_options_file(tmp_path, live_folders):
+    options = tmp_path / "other.ini"
+    options.write_text("[email]\nmailbox = support@example.com\n")
+    result = run("-m", "app", "check", env={**live_folders, "OPTIONS_FILE": str(options)})
+    assert result.returncode == 0 and str(options) in result.stdout
+
+
+def test_gunicorns_own_check_leaves_a_live_metrics_folder_alone(tmp_path, live_folders):
+    options = tmp_path / "options.ini"
+    options.write_text("[email]\nmailbox = support@example.com\n"
+                       f"[server]\nstatus_file = {tmp_path / 'node.status'}\n")
+    result = run("-m", "gunicorn", "--check-config", "-c", "deploy/gunicorn.conf.py", "wsgi:app",
+                 env={**live_folders, "OPTIONS_FILE": str(options)})
+    assert result.returncode == 0, result.stderr
+    assert "counter_1234.db" in os.listdir(live_folders["PROMETHEUS_MULTIPROC_DIR"])
