@@ -1,26 +1,72 @@
-"""Who may call the endpoint: CORS for browsers on other origins, and API keys."""
+"""Who may call the endpoint: CORS for browsers on other origins, the origin check, and API keys."""
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
-from app.errors import BAD_CREDENTIALS, ApiError
+from app.errors import BAD_CREDENTIALS, FOREIGN_ORIGIN, ApiError
 from app.options import Options
 
 PREFLIGHT_MAX_AGE = 600
+# Widgets 9.x send ContactCenterId when `ccid` is configured; the others carry the content type and API keys.
+ALLOWED_HEADERS = "content-type, apikey, x-api-key, contactcenterid"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _parts(origin: str) -> tuple[str, str, int] | None:
+    """Scheme, host and port of an origin, or None when it is not one (such as "null")."""
+    try:
+        split = urlsplit(origin.lower())
+        port = split.port or DEFAULT_PORTS.get(split.scheme)
+    except ValueError:
+        return None
+    if not split.hostname or port is None or split.path or split.query or split.username is not None:
+        return None
+    return split.scheme, split.hostname, port
+
+
+def _matches(origin: tuple[str, str, int], entry: str) -> bool:
+    """Whether an origin matches an allowed_origins entry: exact, or `scheme://*.domain[:port]` for subdomains."""
+    wildcard = "://*." in entry
+    allowed = _parts(entry.replace("://*.", "://", 1))
+    if allowed is None or origin[0] != allowed[0] or origin[2] != allowed[2]:
+        return False
+    return origin[1].endswith("." + allowed[1]) if wildcard else origin[1] == allowed[1]
+
+
+def origin_allowed(origin: str, options: Options) -> bool:
+    """Whether `[cors] allowed_origins` lets a page from `origin` call the endpoint."""
+    if "*" in options.allowed_origins:
+        return True
+    parts = _parts(origin)
+    return parts is not None and any(_matches(parts, entry) for entry in options.allowed_origins)
+
+
+def same_origin(origin: str, own_url: str) -> bool:
+    """Whether `origin` is the service's own (the scheme and host it was reached at)."""
+    return _parts(origin) is not None and _parts(origin) == _parts(own_url.rstrip("/"))
 
 
 def cors_headers(origin: str | None, options: Options, *, preflight: bool = False) -> dict[str, str]:
     """The CORS headers for a request from `origin`: none unless the origin is allowed."""
-    if not origin or not ("*" in options.allowed_origins or origin in options.allowed_origins):
+    if not origin or not origin_allowed(origin, options):
         return {}
     headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
     if preflight:
         headers.update({
             "Access-Control-Allow-Methods": "POST, OPTIONS",
-            "Access-Control-Allow-Headers": "content-type, apikey, x-api-key",
+            "Access-Control-Allow-Headers": ALLOWED_HEADERS,
             "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE),
         })
     return headers
+
+
+def check_origin(origin: str | None, own_url: str, options: Options | None) -> None:
+    """Raise a 403 ApiError for a browser request from a foreign origin: one neither the service's own nor,
+    when `options` are given, allowed by them. A request without Origin (a server-side caller) passes."""
+    if origin is None or same_origin(origin, own_url) or (options is not None and origin_allowed(origin, options)):
+        return
+    raise ApiError.single(FOREIGN_ORIGIN, "Requests from this origin are not allowed.", http_status=403)
 
 
 def check_api_key(presented: list[str | None], options: Options) -> None:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import codecs
+import io
 import mimetypes
 import re
+import struct
 import unicodedata
 import zipfile
 from dataclasses import dataclass
@@ -25,8 +27,10 @@ FILE_FIELDS = ("files", "files[]")
 MAX_NAME = 200
 MAX_ZIP_ENTRIES = 1000
 MAX_ZIP_UNCOMPRESSED = 1024**3  # bytes the central directory may claim in all
-# Controls, line breaks, and the bidirectional overrides that can show "evil\u202efdp.exe" as "evilexe.pdf".
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+MAX_ZIP_DIRECTORY = MAX_ZIP_ENTRIES * 512  # bytes of central directory: ample for 1000 entries with long names
+EOCD_SEARCH = 22 + 65535 + 20  # the end record, the longest comment, and a ZIP64 locator before it
+# Controls, line breaks, and the bidi format characters that can show "evil\u202efdp.exe" as "evilexe.pdf".
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
 MIME_TYPES = {
     "pdf": "application/pdf",
     "doc": "application/msword",
@@ -84,8 +88,38 @@ def _is_text(stream: IO[bytes]) -> bool:
     return False
 
 
+def _directory_claims(stream: IO[bytes]) -> tuple[int, int] | None:
+    """The entry count and directory size that a zip's end-of-central-directory record claims (ZIP64 too)."""
+    stream.seek(0, io.SEEK_END)
+    size = stream.tell()
+    stream.seek(max(0, size - EOCD_SEARCH))
+    tail = stream.read()
+    stream.seek(0)
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0 or len(tail) < end + 22:
+        return None
+    entries, directory = struct.unpack_from("<HI", tail, end + 10)
+    locator = end - 20
+    if locator >= 0 and tail[locator:locator + 4] == b"PK\x06\x07":
+        zip64_at = struct.unpack_from("<Q", tail, locator + 8)[0]
+        stream.seek(zip64_at)
+        record = stream.read(56)
+        stream.seek(0)
+        if len(record) < 56 or record[:4] != b"PK\x06\x06":
+            return None
+        entries, directory = struct.unpack_from("<QQ", record, 32)
+    return entries, directory
+
+
 def _is_harmless_zip(stream: IO[bytes]) -> bool:
-    """A readable archive whose central directory claims no bomb; nothing is extracted."""
+    """A readable archive whose central directory claims no bomb; nothing is extracted.
+
+    The claims of the end record are checked before zipfile reads the directory, so that memory and CPU
+    per request stay bounded whatever the archive says.
+    """
+    claims = _directory_claims(stream)
+    if claims is None or claims[0] > MAX_ZIP_ENTRIES or claims[1] > MAX_ZIP_DIRECTORY:
+        return False
     try:
         with zipfile.ZipFile(stream) as archive:
             entries = archive.infolist()

@@ -4,33 +4,47 @@ from __future__ import annotations
 import re
 import smtplib
 import ssl
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from app.errors import (
     ATTACHMENTS_TOO_LARGE,
     DELIVERY_REFUSED,
-    INVALID_FROM_ADDRESS,
     INVALID_MAILBOX,
     PermanentDeliveryError,
     Problem,
     TransientDeliveryError,
 )
 from app.options import SmtpOptions
-from app.smtp_session import SetupRefused, close_kept_session, keep_session, kept_session, open_session
+from app.smtp_session import (
+    DEADLINES,
+    SetupRefused,
+    close_kept_session,
+    keep_session,
+    kept_session,
+    open_session,
+)
 
 RETRY_LATER = "The message could not be delivered now; please try again later."
 EXPECTED = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
+DELIVERY_TIMEOUTS = 3  # one delivery takes at most this many times [smtp] timeout
 
 
 @dataclass(frozen=True)
 class Envelope:
-    """The SMTP envelope; `customer_sender` when MAIL FROM is the customer's own address."""
+    """The SMTP envelope. MAIL FROM is never the customer's address: a bounce must not reach a stranger."""
 
     mail_from: str
     rcpt_to: str
-    customer_sender: bool
     max_size: int  # the service's limit, the advice given when the relay answers 552
+    size: int = 0  # the message's size, declared with SIZE= when the relay offers it
+
+
+def _too_large(envelope: Envelope, code: int | None) -> PermanentDeliveryError:
+    problem = Problem(ATTACHMENTS_TOO_LARGE, "The message is larger than the mail server accepts.",
+                      advice=envelope.max_size)
+    return PermanentDeliveryError(problem, code, 400)
 
 
 def _refusal(stage: str, code: int, envelope: Envelope) -> Exception:
@@ -38,14 +52,9 @@ def _refusal(stage: str, code: int, envelope: Envelope) -> Exception:
     if 400 <= code < 500:
         return TransientDeliveryError(RETRY_LATER, code)
     if code == 552:
-        problem = Problem(ATTACHMENTS_TOO_LARGE, "The message is larger than the mail server accepts.",
-                          advice=envelope.max_size)
-        return PermanentDeliveryError(problem, code, 400)
+        return _too_large(envelope, code)
     if 500 <= code < 600 and stage == "RCPT":
         problem = Problem(INVALID_MAILBOX, "The mail server refused the mailbox.", field="mailbox")
-        return PermanentDeliveryError(problem, code, 400)
-    if 500 <= code < 600 and stage == "MAIL" and envelope.customer_sender:
-        problem = Problem(INVALID_FROM_ADDRESS, "The mail server refused the sender address.", field="fromAddress")
         return PermanentDeliveryError(problem, code, 400)
     if stage == "END" and not 500 <= code < 600:
         return TransientDeliveryError(RETRY_LATER, code, ambiguous=True)
@@ -57,9 +66,9 @@ class _SessionBroken(Exception):
     """A kept session failed RSET: it broke while resting, before this message's MAIL was taken."""
 
 
-def _open(smtp: SmtpOptions, helo: str, envelope: Envelope) -> smtplib.SMTP:
+def _open(smtp: SmtpOptions, helo: str, envelope: Envelope, deadline: float) -> smtplib.SMTP:
     try:
-        return open_session(smtp, helo)
+        return open_session(smtp, helo, deadline)
     except SetupRefused as exc:
         raise _refusal(exc.stage, exc.code, envelope) from None
     except ssl.SSLCertVerificationError as exc:
@@ -81,7 +90,8 @@ def _envelope_replies(client: smtplib.SMTP, envelope: Envelope, reset: bool) -> 
     Raises _SessionBroken when RSET fails: nothing of this message was taken, so a new session may try again.
     """
     commands = [("RSET", "RSET")] if reset else []
-    commands += [("MAIL", f"MAIL FROM:{smtplib.quoteaddr(envelope.mail_from)}"),
+    size = f" SIZE={envelope.size}" if client.has_extn("size") and envelope.size else ""
+    commands += [("MAIL", f"MAIL FROM:{smtplib.quoteaddr(envelope.mail_from)}{size}"),
                  ("RCPT", f"RCPT TO:{smtplib.quoteaddr(envelope.rcpt_to)}"), ("DATA", "DATA")]
     pipelining = client.has_extn("pipelining")
     replies = []
@@ -140,27 +150,39 @@ def _send_data(client: smtplib.SMTP, chunks: Iterable[bytes]) -> None:
     client.send(pending + (b".\r\n" if pending.endswith(b"\r\n") or not pending else b"\r\n.\r\n"))
 
 
+def _check_size(client: smtplib.SMTP, envelope: Envelope) -> None:
+    """Refuse, before any command, a message larger than the relay's advertised SIZE limit (RFC 1870)."""
+    limit = client.esmtp_features.get("size", "")
+    if limit.isdigit() and 0 < int(limit) < envelope.size:
+        raise _too_large(envelope, None)
+
+
 def deliver(chunks: Iterable[bytes], envelope: Envelope, smtp: SmtpOptions, helo: str) -> None:
-    """Send one message; return only once the relay answered 250 to the end of DATA.
+    """Send one message within `timeout` × 3; return only once the relay answered 250 to the end of DATA.
 
     Raises TransientDeliveryError when trying again may help, PermanentDeliveryError when not.
     The thread's session is kept for its next message after a success, and closed after any failure.
     """
     settings = (smtp, helo)
+    deadline = time.monotonic() + DELIVERY_TIMEOUTS * smtp.timeout
     client = kept_session(settings)
     reset = client is not None
     if client is None:
-        client = _open(smtp, helo, envelope)
+        client = _open(smtp, helo, envelope, deadline)
         keep_session(settings, client)
     try:
+        client.deadline = deadline  # type: ignore[attr-defined]
         try:
+            _check_size(client, envelope)
             replies = _envelope_replies(client, envelope, reset)
         except _SessionBroken:
             close_kept_session()
-            client = _open(smtp, helo, envelope)
+            client = _open(smtp, helo, envelope, deadline)
             keep_session(settings, client)
+            _check_size(client, envelope)
             replies = _envelope_replies(client, envelope, reset=False)
-        _transaction(client, replies, chunks, envelope)
+        with DEADLINES.cut_off(client.sock, deadline):  # the message's writes too, however slowly the relay reads
+            _transaction(client, replies, chunks, envelope)
     except OSError:  # smtplib's errors too: the connection broke before the end of DATA was sent
         close_kept_session()
         raise TransientDeliveryError(RETRY_LATER) from None

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from app import OPTIONS_KEY, metrics
-from app.access import check_api_key, cors_headers
+from app.access import check_api_key, check_origin, cors_headers
 from app.delivery import Envelope, deliver
 from app.errors import (
     INTERNAL_ERROR,
@@ -72,6 +72,7 @@ def submit(service_name: str) -> Response:
     options = request_options()
     service = options.service(service_name)
     note(service=service.name)
+    _check_origin(options)
     check_api_key([request.headers.get("apikey"), request.headers.get("x-api-key")], options)
     if not SERVICE_NAME.fullmatch(service_name):
         raise ApiError.single(INVALID_SERVICE_NAME, "The service name holds characters a service name cannot.")
@@ -94,13 +95,24 @@ def submit(service_name: str) -> Response:
     return json_response({"statusCode": 0, "interactionId": interaction_id})
 
 
+def _check_origin(options: Options) -> None:
+    """Refuse a post whose answer the browser could not read: delivering it would only make the customer retry."""
+    origin = request.headers.get("Origin")
+    try:
+        check_origin(origin, request.host_url, options)
+    except ApiError:
+        log.warning("refused a post from the foreign origin %r", origin,
+                    extra={"fields": {"event": "foreign_origin", "origin": origin}})
+        raise
+
+
 def _send(submission: Submission, interaction_id: str, service: ServiceOptions, options: Options) -> None:
     message = compose(submission, interaction_id, service, options.smtp)
     envelope = Envelope(
-        mail_from=options.smtp.envelope_from or submission.from_address,
+        mail_from=options.smtp.envelope_from or submission.mailbox,
         rcpt_to=submission.mailbox,
-        customer_sender=not options.smtp.envelope_from,
         max_size=service.max_size,
+        size=message.size(),
     )
     started = time.monotonic()
     try:

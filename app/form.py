@@ -1,6 +1,8 @@
 """Read a form body into its fields, in the order they came, and its files, spooled to disk."""
 from __future__ import annotations
 
+import codecs
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import IO
@@ -60,11 +62,27 @@ def _fields_too_large() -> ApiError:
     return ApiError.single(FORM_TOO_LARGE, f"The form's fields take more than {ALLOWANCE} bytes.")
 
 
+# The charsets a form may use, by codecs' canonical names: every other codec (punycode, utf-7,
+# unicode_escape, ...) is refused before it runs, so decoding stays linear and yields no surrogates.
+CHARSETS = {"utf-8", "ascii", "iso8859-1", "cp1252"}
+BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")  # RFC 2046's bchars
+
+
+def _codec(charset: str) -> str:
+    try:
+        name = codecs.lookup(charset).name
+    except LookupError:
+        name = ""
+    if name not in CHARSETS:
+        raise _malformed(f"charset {charset[:40]!r} is not one of utf-8, us-ascii, iso-8859-1, windows-1252")
+    return name
+
+
 def _decode(raw: bytes, charset: str, name: str) -> str:
     try:
-        return raw.decode(charset)
-    except (LookupError, UnicodeDecodeError):
-        raise _malformed(f"field {name!r} is not valid {charset} text") from None
+        return raw.decode(_codec(charset))
+    except UnicodeDecodeError:
+        raise _malformed(f"field {name[:40]!r} is not valid {charset} text") from None
 
 
 def read_form(stream: IO[bytes], content_type: str | None, max_size: int) -> Form:
@@ -75,7 +93,9 @@ def read_form(stream: IO[bytes], content_type: str | None, max_size: int) -> For
     if mimetype == "multipart/form-data":
         if not params.get("boundary"):
             raise _malformed("multipart/form-data without a boundary")
-        return _read_multipart(stream, params["boundary"].encode("latin-1"), max_size)
+        if not BOUNDARY.fullmatch(params["boundary"]):
+            raise _malformed("the boundary is not 1 to 70 of the characters RFC 2046 allows")
+        return _read_multipart(stream, params["boundary"].encode("ascii"), max_size)
     raise ApiError.single(
         UNSUPPORTED_CONTENT_TYPE,
         "Send the form as multipart/form-data or application/x-www-form-urlencoded.",
@@ -87,11 +107,12 @@ def _read_urlencoded(stream: IO[bytes], charset: str) -> Form:
     body = stream.read(ALLOWANCE + 1)
     if len(body) > ALLOWANCE:
         raise _fields_too_large()
-    try:
-        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding=charset,
+    codec = _codec(charset)
+    try:  # raw bytes (as curl sends them) and percent-escapes are both text in the form's charset
+        pairs = parse_qsl(body.decode(codec), keep_blank_values=True, encoding=codec,
                           errors="strict", max_num_fields=MAX_PARTS)
-    except (LookupError, UnicodeDecodeError):
-        raise _malformed(f"a field is not valid {charset} text") from None
+    except UnicodeDecodeError:
+        raise _malformed(f"a field is not valid {charset[:40]} text") from None
     except ValueError:
         raise ApiError.single(FORM_TOO_LARGE, f"The form has more than {MAX_PARTS} fields.") from None
     return Form(fields=pairs)

@@ -20,7 +20,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
+        return json.dumps(line)  # ASCII: no raw U+2028 or U+0085 to split a line
 
 
 def configure_logging() -> None:

@@ -15,6 +15,7 @@ from email.header import Header
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime, localtime, quote
+from functools import cached_property
 
 from app.attachments import Attachment
 from app.options import ServiceOptions, SmtpOptions
@@ -25,6 +26,9 @@ UTF8_QP = Charset("utf-8")
 UTF8_QP.body_encoding = QP
 HOST_NAME = socket.gethostname()  # read once: no look-up per request
 BASE64_BLOCK = 57 * 1024  # bytes read at a time: 1024 lines of base64
+MAX_LINE = 998  # octets in a line, CRLF aside (RFC 5322)
+LINE_END = re.compile(r"\r\n|\r|\n")
+ENCODED_WORD_BYTES = 36  # text bytes per encoded word: 48 characters of base64, a line under 78 columns
 
 
 class _CachedHeaderRegistry(HeaderRegistry):
@@ -86,10 +90,23 @@ def _fits_as_written(name: str, text: str) -> bool:
     return text.isascii() and len(name) + 2 + len(text) <= 78
 
 
+def _exact_encoded_words(text: str) -> str:
+    """Encoded words of at most ENCODED_WORD_BYTES bytes each, one per folded line. Unlike email.header.Header,
+    which breaks text at its line breaks, a decoder joins them back to exactly `text`, line breaks and all."""
+    words, piece = [], ""
+    for character in text:
+        if len((piece + character).encode()) > ENCODED_WORD_BYTES:
+            words.append(UTF8_QP.header_encode(piece))
+            piece = ""
+        piece += character
+    words.append(UTF8_QP.header_encode(piece))
+    return "\r\n ".join(words)
+
+
 def _add_text_header(message: EmailMessage, name: str, text: str) -> None:
-    """Add an unstructured header; its value was checked to hold no control character."""
-    if "=?" in text:
-        message[name] = _FoldedHeader(name, text, _encoded_words(name, text))
+    """Add an unstructured header; only a userData value may hold line breaks (and TABs), never other controls."""
+    if "=?" in text or "\r" in text or "\n" in text:
+        message[name] = _FoldedHeader(name, text, _exact_encoded_words(text))
     elif _fits_as_written(name, text):
         message[name] = _FoldedHeader(name, text, text)
     else:
@@ -98,9 +115,9 @@ def _add_text_header(message: EmailMessage, name: str, text: str) -> None:
 
 def _set_text(message: EmailMessage, text: str) -> None:
     """The body as text/plain; charset=utf-8: 7bit when it is short-lined ASCII, else quoted-printable
-    (the email package's own encoder), so the message is 7-bit clean. Line breaks are normalised as
-    set_content does, which this replaces because parsing its own headers made it the costliest step."""
-    lines = text.splitlines()
+    (the email package's own encoder), so the message is 7-bit clean. CR, LF and CRLF end lines (sent as
+    CRLF); every other character, form feed and U+2028 included, arrives as it was sent."""
+    lines = LINE_END.split(text)
     body = "\n".join(lines) + "\n"
     if body.isascii() and max(map(len, lines), default=0) <= 78:
         encoding = "7bit"
@@ -135,10 +152,10 @@ def _date() -> str:
 
 
 def _from_header(display_name: str, address: str) -> _FoldedHeader:
-    """`"First Last" <address>`: a quoted string when ASCII, else encoded words folded under 78 columns."""
-    if display_name.isascii() and "=?" not in display_name:
-        wire = f'"{quote(display_name)}" <{address}>'
-    else:
+    """`"First Last" <address>`: a quoted string when ASCII and short enough for one line, else encoded words
+    folded under 78 columns (a name full of quotes or backslashes doubles in length when quoted)."""
+    wire = f'"{quote(display_name)}" <{address}>'
+    if not display_name.isascii() or "=?" in display_name or len("From: ") + len(wire) > MAX_LINE:
         wire = f"{_encoded_words('From', display_name)} <{address}>"
     return _FoldedHeader("From", f"{display_name} <{address}>", wire)
 
@@ -150,12 +167,26 @@ class OutgoingEmail:
     message: EmailMessage
     placeholders: dict[bytes, Attachment] = field(default_factory=dict)
 
+    @cached_property
+    def wire(self) -> bytes:
+        """The message as written by the email package, attachment bodies still as placeholders."""
+        return self.message.as_bytes()
+
+    def size(self) -> int:
+        """The size in octets of what `chunks()` yields, for SIZE= in MAIL FROM (RFC 1870)."""
+        wire = self.wire
+        size = len(wire) - sum(len(p) * wire.count(p) for p in self.placeholders)
+        for attachment in self.placeholders.values():
+            encoded = 4 * -(-attachment.size // 3)
+            size += encoded + 2 * max(-(-encoded // 76) - 1, 0)
+        return size
+
     def chunks(self) -> Iterator[bytes]:
         """The email as CRLF-terminated lines, with each attachment base64-encoded a block at a time.
 
         Every chunk starts at the beginning of a line or with CRLF, so that each can be dot-stuffed alone.
         """
-        wire = self.message.as_bytes()
+        wire = self.wire
         if not self.placeholders:
             yield wire
             return

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import NotFound
 
 from app import metrics
+from app.access import check_origin
 from app.email_api import request_options
 from app.errors import BAD_CREDENTIALS, ApiError
 
@@ -48,6 +49,8 @@ def _require_admin() -> None:
     options = request_options()
     if not options.admin_username:
         raise NotFound()
+    # Not even an allowed origin: a browser's cached credentials must not let another site drain the node.
+    check_origin(request.headers.get("Origin"), request.host_url, None)
     auth = request.authorization
     if auth is None or auth.type != "basic" or not (
         hmac.compare_digest((auth.username or "").encode(), options.admin_username.encode())

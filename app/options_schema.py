@@ -143,7 +143,7 @@ def _extensions(value: str | list[str]) -> tuple[str, ...]:
 
 def _origins(value: str | list[str]) -> tuple[str, ...]:
     items = _as_list(value)
-    bad = [o for o in items if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o)]
+    bad = [o for o in items if o != "*" and not re.fullmatch(r"https?://(\*\.)?[^/\s*]+", o)]
     if bad:
         raise Invalid(f"{len(bad)} of the entries are not origins")
     return tuple(items)

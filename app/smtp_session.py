@@ -1,11 +1,16 @@
 """The session with the SMTP relay: connect, EHLO, STARTTLS and AUTH, and one session kept per worker thread."""
 from __future__ import annotations
 
+import heapq
+import math
+import os
 import smtplib
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from app.options import SmtpOptions
@@ -21,6 +26,93 @@ class SetupRefused(Exception):
         self.stage, self.code = stage, code
 
 
+class _Watch:
+    """One deadline on one socket; `expired` once the deadline cut it off."""
+
+    __slots__ = ("at", "sock", "active", "expired")
+
+    def __init__(self, at: float, sock: socket.socket) -> None:
+        self.at, self.sock, self.active, self.expired = at, sock, True, False
+
+    def __lt__(self, other: _Watch) -> bool:
+        return self.at < other.at
+
+
+class Deadlines:
+    """Cuts off a relay that is too slow: at a deadline the socket is shut down, which ends any read or write
+    waiting on it. A socket timeout bounds each recv(); this bounds a whole reply however it trickles in."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._heap: list[_Watch] = []
+        self._pid = 0
+
+    @contextmanager
+    def cut_off(self, sock: socket.socket, at: float) -> Iterator[_Watch]:
+        """Shut `sock` down if the block has not ended by `at` (a time.monotonic() value)."""
+        watch = _Watch(at, sock)
+        with self._changed:
+            if self._pid != os.getpid():  # the first use in this process (a forked worker has no thread)
+                self._pid, self._heap = os.getpid(), []
+                threading.Thread(target=self._run, name="smtp-deadlines", daemon=True).start()
+            heapq.heappush(self._heap, watch)
+            if self._heap[0] is watch:
+                self._changed.notify()
+        try:
+            yield watch
+        finally:
+            with self._changed:
+                watch.active = False
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                while self._heap and not self._heap[0].active:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._changed.wait()
+                    continue
+                delay = self._heap[0].at - time.monotonic()
+                if delay > 0:
+                    self._changed.wait(delay)
+                    continue
+                watch = heapq.heappop(self._heap)
+                watch.active, watch.expired = False, True
+                try:
+                    watch.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+DEADLINES = Deadlines()
+
+
+class _BoundedReplies:
+    """An SMTP client whose every reply must be complete within `timeout`, and before `deadline`."""
+
+    timeout: float
+    sock: socket.socket
+    deadline = math.inf  # the end of the current delivery, set by the caller
+
+    def getreply(self) -> tuple[int, bytes]:
+        at = min(time.monotonic() + self.timeout, self.deadline)
+        with DEADLINES.cut_off(self.sock, at) as watch:
+            try:
+                return super().getreply()  # type: ignore[misc]
+            except OSError:
+                if watch.expired:
+                    raise TimeoutError("the relay's reply did not come in time") from None
+                raise
+
+
+class BoundedSMTP(_BoundedReplies, smtplib.SMTP):
+    """smtplib.SMTP with replies bounded as a whole."""
+
+
+class BoundedSMTP_SSL(_BoundedReplies, smtplib.SMTP_SSL):  # noqa: N801 - named after smtplib's class
+    """smtplib.SMTP_SSL with replies bounded as a whole."""
+
+
 def _tls_context(smtp: SmtpOptions) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=smtp.ca_file or None)
 
@@ -33,19 +125,23 @@ def _hello(client: smtplib.SMTP) -> None:
         raise SetupRefused("EHLO", code)
 
 
-def open_session(smtp: SmtpOptions, helo: str) -> smtplib.SMTP:
-    """A new session, greeted, secured and authenticated as [smtp] says.
+def open_session(smtp: SmtpOptions, helo: str, deadline: float = math.inf) -> smtplib.SMTP:
+    """A new session, greeted, secured and authenticated as [smtp] says, all before `deadline`.
 
     Raises SetupRefused for a refusing reply, or what smtplib, ssl and the socket raise.
     """
+    timeout = max(min(smtp.timeout, deadline - time.monotonic()), 0.001)  # connect and greet within the deadline
+    client: smtplib.SMTP
     try:
         if smtp.security == "ssl":
-            client = smtplib.SMTP_SSL(smtp.host, smtp.port, local_hostname=helo, timeout=smtp.timeout,
-                                      context=_tls_context(smtp))
+            client = BoundedSMTP_SSL(smtp.host, smtp.port, local_hostname=helo, timeout=timeout,
+                                     context=_tls_context(smtp))
         else:
-            client = smtplib.SMTP(smtp.host, smtp.port, local_hostname=helo, timeout=smtp.timeout)
+            client = BoundedSMTP(smtp.host, smtp.port, local_hostname=helo, timeout=timeout)
     except smtplib.SMTPConnectError as exc:
         raise SetupRefused("greeting", exc.smtp_code) from None
+    client.timeout, client.deadline = smtp.timeout, deadline  # type: ignore[attr-defined]
+    client.sock.settimeout(smtp.timeout)
     # Each command waits for its reply: send at once rather than wait to fill a segment (Nagle).
     client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     stage = "EHLO"

@@ -8,8 +8,8 @@ from email_validator import EmailNotValidError, validate_email
 
 from app.attachments import Attachment, check_attachments
 from app.errors import (
+    BAD_USER_DATA_KEY,
     CONTROL_CHARACTER,
-    EMPTY_USER_DATA_KEY,
     FIELD_TOO_LONG,
     FIRST_NAME_MISSING,
     FROM_ADDRESS_MISSING,
@@ -26,8 +26,11 @@ from app.form import Form
 from app.options import Options, ServiceOptions
 from app.options_schema import mailbox_address
 
-# Anything that could end or bend a header line: C0 (but TAB), DEL, C1, and Unicode line breaks.
-CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# Anything that could end or bend a header line: C0 (but TAB), DEL, C1, Unicode line breaks, and the
+# format characters that reorder or hide text (bidi marks, embeddings, overrides and isolates).
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
+# In a userData value, which may hold line breaks and TABs (Widgets 9.x send textareas as userData): other C0, DEL, C1.
+VALUE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACE = r"(?:\t|[^\S\x00-\x1f\x7f-\x9f\u2028\u2029])"
 TRIM = re.compile(rf"^{_SPACE}+|{_SPACE}+$")
 USER_DATA_FIELD = re.compile(r"userData\[(.*)\]", re.DOTALL)
@@ -101,7 +104,7 @@ def _mailbox(value: str, service: ServiceOptions, options: Options, problems: li
     except EmailNotValidError as exc:
         problems.append(Problem(INVALID_MAILBOX, f"mailbox is not a valid email address: {exc}", field="mailbox"))
         return ""
-    if not options.mailbox_allowed(service, mailbox):
+    if not options.mailbox_allowed(service, mailbox, trim(value)):
         problems.append(Problem(INVALID_MAILBOX, "mailbox is not one this service may deliver to.", field="mailbox"))
     return mailbox
 
@@ -127,10 +130,10 @@ def _user_data(fields: list[tuple[str, str]], problems: list[Problem]) -> list[t
             key = match[1]
         else:
             continue
-        if CONTROL.search(key) or CONTROL.search(value):
+        if CONTROL.search(key) or VALUE_CONTROL.search(value):
             problems.append(_control_problem("userData"))
-        elif not trim(key):
-            problems.append(Problem(EMPTY_USER_DATA_KEY, "A userData pair has an empty key.", field="userData"))
+        elif not trim(key) or "=" in key:
+            problems.append(Problem(BAD_USER_DATA_KEY, "A userData key is empty or holds '='.", field="userData"))
         elif len(trim(key)) > MAX_USER_DATA_KEY or len(trim(value)) > MAX_USER_DATA_VALUE:
             problems.append(Problem(FIELD_TOO_LONG, f"A userData key is longer than {MAX_USER_DATA_KEY} or its value "
                                     f"longer than {MAX_USER_DATA_VALUE} characters.", field="userData"))

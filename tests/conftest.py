@@ -25,6 +25,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     raw: bytes
+    mail_options: dict[str, str] = field(default_factory=dict)
 
     @property
     def email(self) -> EmailMessage:
@@ -39,10 +40,15 @@ class FaultyHandler:
     faults: dict[str, str] = field(default_factory=dict)
     sessions: int = 0
     pipelining: bool = True  # offer RFC 2920 PIPELINING, as Postfix does (aiosmtpd reads pipelined commands)
+    size_limit: int | None = None  # offer RFC 1870 SIZE with this limit
+    mail_commands: int = 0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
         session.host_name = hostname
-        return responses[:-1] + ["250-PIPELINING", responses[-1]] if self.pipelining else responses
+        extensions = ["250-PIPELINING"] if self.pipelining else []
+        if self.size_limit is not None:
+            extensions.append(f"250-SIZE {self.size_limit}")
+        return responses[:-1] + extensions + [responses[-1]]
 
     async def _fault(self, server: Any, stage: str) -> str | None:
         fault = self.faults.get(stage)
@@ -54,9 +60,11 @@ class FaultyHandler:
         return fault
 
     async def handle_MAIL(self, server, session, envelope, address, options) -> str:
+        self.mail_commands += 1
         if reply := await self._fault(server, "MAIL"):
             return reply
         envelope.mail_from = address
+        envelope.mail_options = options
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, options) -> str:
@@ -68,7 +76,8 @@ class FaultyHandler:
     async def handle_DATA(self, server, session, envelope) -> str:
         if reply := await self._fault(server, "END"):
             return reply
-        self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        options = dict(option.partition("=")[::2] for option in envelope.mail_options)
+        self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, options))
         return "250 Message accepted"
 
 

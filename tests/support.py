@@ -40,6 +40,13 @@ def multipart(parts: list[tuple[str, Any]]) -> tuple[bytes, str]:
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def raw_header(raw: bytes, name: str) -> str:
+    """A header's value as sent, unfolded: what an RFC 2047 decoder starts from."""
+    header_block = raw.split(b"\r\n\r\n")[0].decode("ascii")
+    value = re.search(rf"^{name}: (.*?)\r\n(?! )", header_block, re.M | re.S)[1]
+    return value.replace("\r\n ", " ")
+
+
 def codes(response) -> list[int]:
     return [error["code"] for error in response.get_json()["errors"]]
 

@@ -18,7 +18,7 @@ def test_preflight_from_an_allowed_origin(cors, client):
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert response.headers["Vary"] == "Origin"
     assert response.headers["Access-Control-Allow-Methods"] == "POST, OPTIONS"
-    assert response.headers["Access-Control-Allow-Headers"] == "content-type, apikey, x-api-key"
+    assert response.headers["Access-Control-Allow-Headers"] == "content-type, apikey, x-api-key, contactcenterid"
     assert int(response.headers["Access-Control-Max-Age"]) > 0
 
 
@@ -72,3 +72,57 @@ def test_a_configured_key_in_either_header_is_accepted(api_keys, client, smtp_se
 def test_preflight_needs_no_key(api_keys, cors, client):
     response = client.options("/genesys/2/email/support", headers={"Origin": ORIGIN})
     assert response.status_code == 204 and response.headers["Access-Control-Allow-Origin"] == ORIGIN
+
+
+def test_preflight_allows_the_contactcenterid_header_of_widgets_9(cors, client):
+    response = client.options("/genesys/2/email/support", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "apikey,contactcenterid"})
+    allowed = {h.strip() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"content-type", "apikey", "x-api-key", "contactcenterid"} <= allowed
+
+
+@pytest.mark.parametrize(("origin", "allowed"), (
+    ("https://www.example.com", True), ("https://shop.example.com", True), ("https://a.b.example.com", True),
+    ("https://example.com", False), ("https://example.com.evil.net", False), ("https://evilexample.com", False),
+    ("http://shop.example.com", False), ("https://shop.example.com:8443", False),
+))
+def test_wildcard_subdomain_origins(options_file, client, origin, allowed):
+    options_file.write(cors={"allowed_origins": "https://*.example.com"})
+    response = client.options("/genesys/2/email/support", headers={"Origin": origin})
+    assert (response.headers.get("Access-Control-Allow-Origin") == origin) == allowed
+
+
+def test_a_wildcard_with_a_port_matches_that_port_only(options_file, client):
+    options_file.write(cors={"allowed_origins": "https://*.example.com:8443"})
+    for origin, allowed in (("https://a.example.com:8443", True), ("https://a.example.com", False)):
+        response = client.options("/genesys/2/email", headers={"Origin": origin})
+        assert (response.headers.get("Access-Control-Allow-Origin") == origin) == allowed
+
+
+def test_a_post_from_a_foreign_origin_is_refused_before_delivery(cors, submit_from, smtp_server, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="app"):
+        response = submit_from("https://evil.example")
+    assert response.status_code == 403 and codes(response) == [617]
+    assert smtp_server.messages == []
+    assert any(r.levelname == "WARNING" and "https://evil.example" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("origin", (None, ORIGIN, "http://localhost"))  # none (a server), allowed, the service's own
+def test_posts_without_origin_from_allowed_or_own_origin_are_delivered(cors, submit_from, smtp_server, origin):
+    assert submit_from(origin).get_json()["statusCode"] == 0
+    assert len(smtp_server.messages) == 1
+
+
+@pytest.fixture
+def submit_from(client):
+    """Post the known-good form with an Origin header (None: without one)."""
+
+    def post(origin: str | None):
+        from support import GOOD_FORM
+
+        return client.post("/genesys/2/email/support", data=GOOD_FORM, headers={"Origin": origin} if origin else {})
+
+    return post

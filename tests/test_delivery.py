@@ -42,12 +42,6 @@ def test_refused_mailbox_is_383(submit, smtp_server):
     assert response.status_code == 400 and codes(response) == [383]
 
 
-def test_refused_customer_address_is_381(submit, smtp_server):
-    smtp_server.faults["MAIL"] = "553 sender rejected"
-    response = submit()
-    assert response.status_code == 400 and codes(response) == [381]
-
-
 def test_refused_envelope_from_is_a_permanent_error(options_file, submit, smtp_server):
     options_file.write(smtp={"envelope_from": "gms@example.com"})
     smtp_server.faults["MAIL"] = "553 sender rejected"

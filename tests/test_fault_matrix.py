@@ -16,7 +16,7 @@ PERMANENT = {"greeting": "554 5.3.2 no service", "EHLO": "550 5.5.1 no", "STARTT
              "AUTH": "535 5.7.8 bad credentials", "MAIL": "553 5.1.8 bad sender", "RCPT": "550 5.1.1 no such user",
              "DATA": "554 5.3.0 no data", "END": "554 5.7.1 spam"}
 # The contract's answer to a 5xx at each stage: (HTTP status, error code).
-PERMANENT_ANSWER = {"MAIL": (400, 381), "RCPT": (400, 383)}
+PERMANENT_ANSWER = {"RCPT": (400, 383)}
 
 
 def answer(response) -> tuple[int, int, list[int]]:

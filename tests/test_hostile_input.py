@@ -30,7 +30,9 @@ def test_control_characters_in_addresses_are_invalid_addresses(submit, smtp_serv
 @pytest.mark.parametrize("injection", INJECTIONS)
 def test_control_characters_in_user_data_and_file_names_are_refused(submit, smtp_server, injection):
     assert codes(submit(extra=[("userData", f"key{injection}=value")])) == [601]
-    assert codes(submit(extra=[("userData", f"key=value{injection}")])) == [601]
+    # A value may hold line breaks (Widgets 9.x send textareas as userData): they are carried encoded.
+    if any(not (c.isprintable() or c in "\r\n\u2028") for c in injection):
+        assert codes(submit(extra=[("userData", f"key=value{injection}")])) == [601]
     if "\r" not in injection and "\n" not in injection:  # a raw line break would end the part's header
         assert codes(submit(files=[(f"in{injection}voice.pdf", PDF)])) == [607]
     assert smtp_server.messages == []

@@ -73,3 +73,16 @@ def test_admin_status_shows_the_options_in_force(admin, client, options_file):
     second = client.get("/genesys/1/admin/node/status", headers=ADMIN)
     assert int(second.headers["X-Options-Version"]) == int(first.headers["X-Options-Version"]) + 1
     assert second.headers["X-Options-Digest"] != first.headers["X-Options-Digest"]
+
+
+@pytest.mark.parametrize("origin", ("https://evil.example", "https://www.example.com"))
+def test_the_admin_api_refuses_a_foreign_origin_even_with_credentials(admin, client, options_file, origin):
+    options_file.write(cors={"allowed_origins": "https://www.example.com"})
+    response = client.post("/genesys/1/admin/node/changestatus/OFFLINE", headers={**ADMIN, "Origin": origin})
+    assert response.status_code == 403 and codes(response) == [617]
+    assert client.get("/genesys/1/node").status_code == 200
+
+
+def test_the_admin_api_serves_its_own_origin(admin, client):
+    response = client.post("/genesys/1/admin/node/changestatus/OFFLINE", headers={**ADMIN, "Origin": "http://localhost"})
+    assert response.status_code == 200
