@@ -1,7 +1,8 @@
 """gunicorn settings for the Email API: `gunicorn -c deploy/gunicorn.conf.py wsgi:app`.
 
-Timeout ladder: [smtp] timeout (10 s) < gunicorn `timeout` (30 s) < nginx proxy_read_timeout (60 s),
-so a slow relay ends as a statusCode 1 answer, never as a killed worker or a proxy error page.
+Timeout ladder: one delivery takes at most [smtp] timeout × 3 (30 s by default, 45 s at most) < nginx
+proxy_read_timeout (60 s), so a slow relay ends as a statusCode 1 answer, never as a proxy error page.
+gthread workers keep beating while a request waits, so gunicorn's `timeout` never cuts a delivery short.
 """
 import os
 import re
@@ -12,12 +13,12 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 worker_class = "gthread"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
-timeout = 30
+timeout = 60
 # The app, and so options.ini, is loaded once in the master: an invalid file stops the start, and a worker
 # started later (after a HUP or a crash) inherits the options in force even if the file is broken just then.
 # Code changes therefore need a restart, not a HUP.
 preload_app = True
-graceful_timeout = 30
+graceful_timeout = 60
 keepalive = 5
 accesslog = "-"
 errorlog = "-"

@@ -1,6 +1,9 @@
 """Test data and small encoders shared by the tests."""
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import re
 import threading
 import uuid
@@ -38,6 +41,24 @@ def multipart(parts: list[tuple[str, Any]]) -> tuple[bytes, str]:
             body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
             body += value.encode() + b"\r\n"
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def hostile_corpus() -> list[dict[str, Any]]:
+    """The attacks of tests/data/hostile-corpus.jsonl, one a line, each as a request and the answer it must get:
+    path, body, headers (Content-Type included), HTTP status and error codes."""
+    attacks = []
+    for line in (DATA / "hostile-corpus.jsonl").read_text(encoding="utf-8").splitlines():
+        attack = json.loads(line)
+        if "body" in attack:
+            body, content_type = attack["body"].encode("latin-1"), attack["content_type"]
+        else:
+            files = [("files", (name, base64.b64decode(content))) for name, content in attack.get("files", [])]
+            fields = {**GOOD_FORM, **attack.get("fields", {})}
+            body, content_type = multipart([*fields.items(), *map(tuple, attack.get("extra", [])), *files])
+        attacks.append({"attack": attack["attack"], "path": attack.get("path", "/genesys/2/email/support"),
+                        "body": body, "headers": {"Content-Type": content_type, **attack.get("headers", {})},
+                        "http": attack.get("http", 400), "codes": attack["code"]})
+    return attacks
 
 
 def raw_header(raw: bytes, name: str) -> str:
@@ -83,3 +104,29 @@ class LineWatcher:
             if not self._changed.wait_for(lambda: any(text in line for line in self.lines), timeout):
                 raise AssertionError(f"no line with {text!r} in:\n" + "".join(self.lines))
             return next(line for line in self.lines if text in line)
+
+
+class TrickleHandler:
+    """A relay that answers MAIL (or the end of DATA) one byte at a time, a long multi-line reply."""
+
+    def __init__(self, stage: str, every: float) -> None:
+        self.stage, self.every, self.messages = stage, every, []
+
+    async def _trickle(self, server) -> None:
+        for byte in b"250-" + b"x" * 60 + b"\r\n":
+            if server.transport.is_closing():
+                return
+            server.transport.write(bytes([byte]))
+            await asyncio.sleep(self.every)
+
+    async def handle_MAIL(self, server, session, envelope, address, options):
+        envelope.mail_from = address
+        if self.stage == "MAIL":
+            await self._trickle(server)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope.content)
+        if self.stage == "END":
+            await self._trickle(server)
+        return "250 OK"

@@ -14,6 +14,7 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from support import PDF, PNG, LineWatcher, free_port, metric, multipart, wait_for_port
+from support import PDF, PNG, LineWatcher, free_port, hostile_corpus, metric, multipart, wait_for_port
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.skipif(not (shutil.which("nginx") and shutil.which("postfix")),
@@ -92,12 +93,13 @@ class Chain:
         self.options = root / "options.ini"
         self.smtp_port, self.gunicorn_port, self.nginx_port = free_port(), free_port(), free_port()
 
-    def write_options(self, sales_max_files: int = 3) -> None:
+    def write_options(self, sales_max_files: int = 3, smtp_port: int | None = None, timeout: float = 10) -> None:
         temporary = self.options.with_suffix(".tmp")
         temporary.write_text(
-            f"[email]\nmailbox = support@example.com\n"
+            f"[email]\nmailbox = support@example.com\nallowed_mailboxes = *@partner.example\n"
             f"[email.sales]\nmailbox = sales@example.com\nmax_files = {sales_max_files}\n"
-            f"[smtp]\nhost = 127.0.0.1\nport = {self.smtp_port}\nhelo_name = node1.test\n"
+            f"[smtp]\nhost = 127.0.0.1\nport = {smtp_port or self.smtp_port}\nhelo_name = node1.test\n"
+            f"timeout = {timeout}\n"
             f"[admin]\nusername = {ADMIN[0]}\npassword = {ADMIN[1]}\n"
             f"[server]\nreload_interval = 0.2\nproxy_hops = 1\nstatus_file = {self.root}/node.status\n"
         )
@@ -121,6 +123,21 @@ class Chain:
         status, answer = self.request("POST", f"/genesys/2/email/{service}", body, {"Content-Type": content_type},
                                       source)
         return status, json.loads(answer)
+
+    def options_versions(self) -> dict[str, float]:
+        """The options version each worker serves, from /metrics (the master left out)."""
+        page = self.request("GET", "/metrics")[1].decode()
+        return {pid: float(version) for pid, version in re.findall(r'^email_options_version\{pid="(\d+)"\} (\S+)',
+                                                                   page, re.M) if pid != str(self.gunicorn.pid)}
+
+    def edit_options(self, **changes) -> None:
+        """Write the options and wait until every worker serves them."""
+        before = max(self.options_versions().values())
+        self.write_options(**changes)
+        deadline = time.monotonic() + 30
+        while not all(version > before for version in self.options_versions().values()):
+            assert time.monotonic() < deadline, "the workers never took the edit"
+            time.sleep(0.05)
 
     def delivered(self, interaction_ids: set[str], timeout: float = 20) -> dict[str, object]:
         """Wait until Postfix has put an email for each id in the Maildir; the emails by id."""
@@ -294,3 +311,81 @@ def test_unknown_paths_and_metrics_from_outside_are_json(chain):
     assert status == 404 and json.loads(body)["errors"][0]["code"] == 611
     status, body = chain.request("GET", "/metrics", source="127.0.0.9")
     assert status == 403 and json.loads(body)["statusCode"] == 2
+
+
+def raw_exchange(port: int, raw: bytes) -> tuple[int, bytes, bytes]:
+    """Send raw bytes to nginx; the status, the headers and the body of its answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), head, body
+
+
+@pytest.mark.parametrize("raw", (
+    b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # 414
+    b"POST /genesys/2/email HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",  # 501
+    b"GET / HTTP/2.7\r\nHost: x\r\n\r\n",  # 505
+    b"GET /genesys/%00 HTTP/1.1\r\nHost: x\r\n\r\n",  # a NUL in the path
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+), ids=("414", "501", "505", "nul-path", "bad-length"))
+def test_every_answer_nginx_gives_is_json(chain, raw):
+    status, head, body = raw_exchange(chain.nginx_port, raw)
+    assert status >= 400 and b"application/json" in head.lower(), head
+    assert json.loads(body)["statusCode"] in (1, 2)
+
+
+def test_the_admin_api_is_for_this_host_only(chain):
+    auth = {"Authorization": "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()}
+    status, body = chain.request("POST", "/genesys/1/admin/node/changestatus/OFFLINE", headers=auth,
+                                 source="127.0.0.77")
+    assert status == 403 and json.loads(body)["statusCode"] == 2
+    assert chain.request("GET", "/genesys/1/node")[0] == 200
+
+
+def test_wrong_admin_passwords_are_rate_limited(chain):
+    auth = {"Authorization": "Basic " + base64.b64encode(b"ops:guess").decode()}
+    statuses = [chain.request("GET", "/genesys/1/admin/node/status", headers=auth)[0] for _ in range(30)]
+    assert 429 in statuses and set(statuses) <= {401, 429}
+
+
+def test_a_cross_site_drain_with_cached_credentials_is_refused(chain):
+    auth = {"Authorization": "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode(),
+            "Origin": "https://evil.example"}
+    status, body = chain.request("POST", "/genesys/1/admin/node/changestatus/OFFLINE", headers=auth)
+    assert status in (403, 429) and json.loads(body)["statusCode"] == 2
+    assert chain.request("GET", "/genesys/1/node")[0] == 200
+
+
+def test_a_relay_that_trickles_gets_a_json_retry_through_nginx_not_a_proxy_error(chain):
+    from aiosmtpd.controller import Controller
+    from support import TrickleHandler
+
+    relay = Controller(TrickleHandler("MAIL", every=0.25), hostname="127.0.0.1", port=free_port())
+    relay.start()
+    try:
+        chain.edit_options(smtp_port=relay.port, timeout=1)
+        status, answer = chain.post_form(source="127.0.6.1")
+    finally:
+        chain.edit_options()
+        relay.stop()
+    assert (status, answer["statusCode"]) == (200, 1) and set(answer) == {"statusCode", "message"}
+
+
+def test_the_hostile_corpus_through_nginx_gets_json_answers_and_delivers_nothing(chain):
+    page = chain.request("GET", "/metrics")[1].decode()
+    delivered = metric(page, "email_requests_total", outcome="delivered")
+    answers = []
+    for i, attack in enumerate(hostile_corpus()):
+        headers = {**attack["headers"], "Host": f"127.0.0.1:{chain.nginx_port}"}
+        status, body = chain.request("POST", attack["path"], attack["body"], headers, source=f"127.0.7.{i + 1}")
+        answer = json.loads(body)  # every answer is JSON
+        answers.append((attack["attack"], status, sorted(e["code"] for e in answer.get("errors", []))))
+    assert [a for a in answers if a[1] >= 500] == []
+    expected = [(a["attack"], a["http"], sorted(a["codes"])) for a in hostile_corpus()]
+    assert answers == expected
+    page = chain.request("GET", "/metrics")[1].decode()
+    assert metric(page, "email_requests_total", outcome="delivered") == delivered

@@ -1,7 +1,6 @@
 """Hostile input, round two: what an attacker found in the landed service, each reproduced first."""
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -11,7 +10,7 @@ import zipfile
 from email.header import decode_header, make_header
 
 import pytest
-from support import GOOD_FORM, codes, multipart, raw_header
+from support import GOOD_FORM, TrickleHandler, codes, multipart, raw_header
 
 from app.logs import JsonFormatter
 
@@ -169,32 +168,6 @@ def test_log_lines_escape_unicode_line_breaks():
     line = JsonFormatter().format(record)
     assert line.isascii() and "\n" not in line
     assert json.loads(line)["message"] == "x\u2028y\x85z"
-
-
-class TrickleHandler:
-    """A relay that answers MAIL (or the end of DATA) one byte at a time, a long multi-line reply."""
-
-    def __init__(self, stage: str, every: float) -> None:
-        self.stage, self.every, self.messages = stage, every, []
-
-    async def _trickle(self, server) -> None:
-        for byte in b"250-" + b"x" * 60 + b"\r\n":
-            if server.transport.is_closing():
-                return
-            server.transport.write(bytes([byte]))
-            await asyncio.sleep(self.every)
-
-    async def handle_MAIL(self, server, session, envelope, address, options):
-        envelope.mail_from = address
-        if self.stage == "MAIL":
-            await self._trickle(server)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(envelope.content)
-        if self.stage == "END":
-            await self._trickle(server)
-        return "250 OK"
 
 
 @pytest.mark.parametrize("stage", ("MAIL", "END"))

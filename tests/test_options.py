@@ -127,7 +127,7 @@ def test_problems_never_print_a_secret(tmp_path, lines):
     ("[smtp]\nport = abc", "a whole number from 1 to 65535"),
     ("[smtp]\nport = 70000", "a whole number from 1 to 65535"),
     ("[smtp]\nsecurity = tls", "one of none, starttls, ssl"),
-    ("[smtp]\ntimeout = soon", "a number from 0.1 to 600"),
+    ("[smtp]\ntimeout = soon", "a number from 0.1 to 15"),
     ("[email]\ncheck_file_content = maybe", "true or false"),
     ("[email]\nmax_size = lots", "a size"),
 ))
