@@ -169,3 +169,26 @@ def test_the_form_fits_a_phone_screen(browser, page_url):
                            ".every(e => e.labels.length === 1)")
     assert labels
     context.close()
+
+
+def test_widgets_9_send_from_another_origin_with_contact_center_id_and_a_textarea(page, api, options_file, smtp_server):
+    """The request Widgets 9.x SendMessageService makes: FormData, ContactCenterId and apikey headers (so the
+    browser preflights), a textarea's text as userData; Chromium must let it through and read the answer."""
+    api_port, page_port = api
+    options_file.write(cors={"allowed_origins": f"http://127.0.0.1:{page_port}"},
+                       security={"api_keys": "k-9x"})
+    note = "Order A-17\nArrived broken\n\tsee the photo"
+    answer = page.evaluate("""async ([url, note]) => {
+        const form = new FormData();
+        for (const [k, v] of [["firstName", "Zoë"], ["lastName", "Lee"], ["fromAddress", "zoe@example.com"],
+                              ["subject", "Broken"], ["text", "Hello\\nsee below"], ["userData", "note=" + note],
+                              ["userData", "ccid=cc-4711"]]) form.append(k, v);
+        const response = await fetch(url, {method: "POST", body: form,
+                                           headers: {"ContactCenterId": "cc-4711", "apikey": "k-9x"}});
+        return await response.json();
+    }""", [f"http://127.0.0.1:{api_port}/genesys/2/email/support", note])
+    assert answer["statusCode"] == 0
+    email = smtp_server.messages[0].email
+    assert email["X-Genesys-Interaction-Id"] == answer["interactionId"]
+    # the browser sends a textarea's line ends as CRLF in multipart: the value arrives as the browser sent it
+    assert email.get_all("X-Genesys-User-Data") == ["note=" + note.replace("\n", "\r\n"), "ccid=cc-4711"]
