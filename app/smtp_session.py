@@ -1,7 +1,6 @@
 """The session with the SMTP relay: connect, EHLO, STARTTLS and AUTH, and one session kept per worker thread."""
 from __future__ import annotations
 
-import heapq
 import math
 import os
 import smtplib
@@ -29,55 +28,52 @@ class SetupRefused(Exception):
 class _Watch:
     """One deadline on one socket; `expired` once the deadline cut it off."""
 
-    __slots__ = ("at", "sock", "active", "expired")
+    __slots__ = ("at", "sock", "expired")
 
     def __init__(self, at: float, sock: socket.socket) -> None:
-        self.at, self.sock, self.active, self.expired = at, sock, True, False
-
-    def __lt__(self, other: _Watch) -> bool:
-        return self.at < other.at
+        self.at, self.sock, self.expired = at, sock, False
 
 
 class Deadlines:
     """Cuts off a relay that is too slow: at a deadline the socket is shut down, which ends any read or write
-    waiting on it. A socket timeout bounds each recv(); this bounds a whole reply however it trickles in."""
+    waiting on it. A socket timeout bounds each recv(); this bounds a whole reply however it trickles in.
+
+    One thread per process looks at the watched sockets every TICK seconds: a registration costs a set insert,
+    and deadlines are met to within a tick.
+    """
+
+    TICK = 0.05
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._heap: list[_Watch] = []
+        self._lock = threading.Lock()
+        self._watches: set[_Watch] = set()
         self._pid = 0
 
     @contextmanager
     def cut_off(self, sock: socket.socket, at: float) -> Iterator[_Watch]:
         """Shut `sock` down if the block has not ended by `at` (a time.monotonic() value)."""
         watch = _Watch(at, sock)
-        with self._changed:
+        with self._lock:
             if self._pid != os.getpid():  # the first use in this process (a forked worker has no thread)
-                self._pid, self._heap = os.getpid(), []
+                self._pid, self._watches = os.getpid(), set()
                 threading.Thread(target=self._run, name="smtp-deadlines", daemon=True).start()
-            heapq.heappush(self._heap, watch)
-            if self._heap[0] is watch:
-                self._changed.notify()
+            self._watches.add(watch)
         try:
             yield watch
         finally:
-            with self._changed:
-                watch.active = False
+            with self._lock:
+                self._watches.discard(watch)
 
     def _run(self) -> None:
-        with self._changed:
-            while True:
-                while self._heap and not self._heap[0].active:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._changed.wait()
-                    continue
-                delay = self._heap[0].at - time.monotonic()
-                if delay > 0:
-                    self._changed.wait(delay)
-                    continue
-                watch = heapq.heappop(self._heap)
-                watch.active, watch.expired = False, True
+        while True:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self._lock:
+                expired = [watch for watch in self._watches if watch.at <= now]
+                for watch in expired:
+                    self._watches.discard(watch)
+                    watch.expired = True
+            for watch in expired:
                 try:
                     watch.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
