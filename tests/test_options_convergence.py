@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -114,9 +115,12 @@ class Node:
             "apikey": key, "Content-Type": "application/x-www-form-urlencoded"}, body)
 
     def check(self, version: int, refused: str, accepted: str) -> None:
+        """Every worker serves `version`; then, 8 clients at once, the refused key is refused 20 times out of 20."""
         self.converge(version)
-        assert [self.post(refused)[0] for _ in range(20)] == [401] * 20
-        assert [self.post(accepted)[1].get("statusCode") for _ in range(4)] == [0] * 4
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(self.post, [refused] * 20 + [accepted] * 8))
+        assert [status for status, _ in answers[:20]] == [401] * 20
+        assert [answer.get("statusCode") for _, answer in answers[20:]] == [0] * 8
 
     def stop(self) -> None:
         self.process.terminate()

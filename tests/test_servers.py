@@ -5,6 +5,7 @@ import http.client
 import json
 import mailbox
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -117,3 +118,18 @@ def test_local_run_stores_the_email_in_a_maildir(tmp_path):
     assert email["X-Genesys-User-Data"] == "order=A-17"
     assert next(email.iter_attachments()).get_payload(decode=True) == PDF
     assert "stored an email" in log
+
+
+def test_the_deploy_config_starts_cleanly_for_a_user_without_a_home(options_file, tmp_path):
+    """As under the shipped systemd unit: a system user whose home cannot be written. gunicorn 25.1+ would
+    open its control socket there and log a permission error at every start."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o500)
+    port = free_port()
+    environment = {"OPTIONS_FILE": str(options_file.path), "GUNICORN_BIND": f"127.0.0.1:{port}", "HOME": str(home),
+                   "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "XDG_RUNTIME_DIR": ""}
+    process = start([sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"],
+                    "Booting worker", environment)
+    log = stop(process)
+    assert not re.search(r"control|permission denied|error", log, re.I), log
+    assert not (home / ".gunicorn").exists()
