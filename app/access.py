@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import hmac
+import logging
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from app.errors import BAD_CREDENTIALS, FOREIGN_ORIGIN, ApiError
 from app.options import Options
 
+log = logging.getLogger(__name__)
 PREFLIGHT_MAX_AGE = 600
 # Widgets 9.x send ContactCenterId when `ccid` is configured; the others carry the content type and API keys.
 ALLOWED_HEADERS = "content-type, apikey, x-api-key, contactcenterid"
@@ -66,7 +69,7 @@ def check_origin(origin: str | None, own_url: str, options: Options | None) -> N
     when `options` are given, allowed by them. A request without Origin (a server-side caller) passes."""
     if origin is None or same_origin(origin, own_url) or (options is not None and origin_allowed(origin, options)):
         return
-    raise ApiError.single(FOREIGN_ORIGIN, "Requests from this origin are not allowed.", http_status=403)
+    raise ApiError.single(FOREIGN_ORIGIN, "Requests from this origin are not allowed.")
 
 
 def check_api_key(presented: list[str | None], options: Options) -> None:
@@ -77,5 +80,18 @@ def check_api_key(presented: list[str | None], options: Options) -> None:
         # Compare with every key, in constant time, so timing tells nothing about them.
         if any([hmac.compare_digest(candidate.encode(), key.encode()) for key in options.api_keys]):
             return
-    raise ApiError.single(BAD_CREDENTIALS, "A valid API key is required in the apikey or x-api-key header.",
-                          http_status=401)
+    raise ApiError.single(BAD_CREDENTIALS, "A valid API key is required in the apikey or x-api-key header.")
+
+
+def admit(headers: Mapping[str, str], own_url: str, options: Options) -> None:
+    """Let a post in only from an allowed or the service's own origin (or none), with a valid API key if any
+    are configured. A foreign origin is refused before anything is delivered: the browser could not read the
+    answer, and the customer would retry."""
+    origin = headers.get("Origin")
+    try:
+        check_origin(origin, own_url, options)
+    except ApiError:
+        log.warning("refused a post from the foreign origin %r", origin,
+                    extra={"fields": {"event": "foreign_origin", "origin": origin}})
+        raise
+    check_api_key([headers.get("apikey"), headers.get("x-api-key")], options)

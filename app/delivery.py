@@ -1,13 +1,14 @@
 """Hand a composed email to the SMTP relay, and say what each way of failing means for the client."""
 from __future__ import annotations
 
+import logging
 import re
 import smtplib
 import ssl
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
+from app import metrics
 from app.errors import (
     ATTACHMENTS_TOO_LARGE,
     DELIVERY_REFUSED,
@@ -16,6 +17,7 @@ from app.errors import (
     Problem,
     TransientDeliveryError,
 )
+from app.message import Envelope, OutgoingEmail
 from app.options import SmtpOptions
 from app.smtp_session import (
     DEADLINES,
@@ -26,40 +28,30 @@ from app.smtp_session import (
     open_session,
 )
 
-RETRY_LATER = "The message could not be delivered now; please try again later."
+log = logging.getLogger(__name__)
 EXPECTED = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
 DELIVERY_TIMEOUTS = 3  # one delivery takes at most this many times [smtp] timeout
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """The SMTP envelope. MAIL FROM is never the customer's address: a bounce must not reach a stranger."""
-
-    mail_from: str
-    rcpt_to: str
-    max_size: int  # the service's limit, the advice given when the relay answers 552
-    size: int = 0  # the message's size, declared with SIZE= when the relay offers it
 
 
 def _too_large(envelope: Envelope, code: int | None) -> PermanentDeliveryError:
     problem = Problem(ATTACHMENTS_TOO_LARGE, "The message is larger than the mail server accepts.",
                       advice=envelope.max_size)
-    return PermanentDeliveryError(problem, code, 400)
+    return PermanentDeliveryError([problem], reply_code=code)
 
 
 def _refusal(stage: str, code: int, envelope: Envelope) -> Exception:
     """The error for a reply `code` other than the expected one at `stage`."""
     if 400 <= code < 500:
-        return TransientDeliveryError(RETRY_LATER, code)
+        return TransientDeliveryError(code)
     if code == 552:
         return _too_large(envelope, code)
     if 500 <= code < 600 and stage == "RCPT":
         problem = Problem(INVALID_MAILBOX, "The mail server refused the mailbox.", field="mailbox")
-        return PermanentDeliveryError(problem, code, 400)
+        return PermanentDeliveryError([problem], reply_code=code)
     if stage == "END" and not 500 <= code < 600:
-        return TransientDeliveryError(RETRY_LATER, code, ambiguous=True)
+        return TransientDeliveryError(code, ambiguous=True)
     problem = Problem(DELIVERY_REFUSED, f"The mail server refused the message at {stage} ({code}).")
-    return PermanentDeliveryError(problem, code, 200)
+    return PermanentDeliveryError([problem], reply_code=code)
 
 
 class _SessionBroken(Exception):
@@ -73,14 +65,14 @@ def _open(smtp: SmtpOptions, helo: str, envelope: Envelope, deadline: float) -> 
         raise _refusal(exc.stage, exc.code, envelope) from None
     except ssl.SSLCertVerificationError as exc:
         problem = Problem(DELIVERY_REFUSED, f"The mail server's certificate is not trusted: {exc.verify_message}.")
-        raise PermanentDeliveryError(problem, None, 200) from None
+        raise PermanentDeliveryError([problem], reply_code=None) from None
     except smtplib.SMTPServerDisconnected:
-        raise TransientDeliveryError(RETRY_LATER) from None
+        raise TransientDeliveryError() from None
     except smtplib.SMTPException as exc:  # the relay lacks STARTTLS or a usable AUTH method
         problem = Problem(DELIVERY_REFUSED, f"The mail server session could not be set up: {exc}.")
-        raise PermanentDeliveryError(problem, None, 200) from None
+        raise PermanentDeliveryError([problem], reply_code=None) from None
     except OSError:
-        raise TransientDeliveryError(RETRY_LATER) from None
+        raise TransientDeliveryError() from None
 
 
 def _envelope_replies(client: smtplib.SMTP, envelope: Envelope, reset: bool) -> list[tuple[str, int]]:
@@ -128,7 +120,7 @@ def _transaction(client: smtplib.SMTP, replies: list[tuple[str, int]], chunks: I
     try:
         code, _ = client.getreply()
     except OSError:
-        raise TransientDeliveryError(RETRY_LATER, ambiguous=True) from None
+        raise TransientDeliveryError(ambiguous=True) from None
     if code != 250:
         raise _refusal("END", code, envelope)
 
@@ -157,12 +149,33 @@ def _check_size(client: smtplib.SMTP, envelope: Envelope) -> None:
         raise _too_large(envelope, None)
 
 
-def deliver(chunks: Iterable[bytes], envelope: Envelope, smtp: SmtpOptions, helo: str) -> None:
+def deliver(email: OutgoingEmail, smtp: SmtpOptions) -> None:
+    """Send one email within `timeout` × 3; return only once the relay answered 250 to the end of DATA.
+
+    Raises TransientDeliveryError when trying again may help, PermanentDeliveryError when not; an ambiguous end
+    (the end of DATA sent, no reply) is logged with the interaction id, since the relay may hold the message.
+    """
+    started = time.monotonic()
+    try:
+        _deliver(email.chunks(), email.envelope, smtp)
+    except TransientDeliveryError as error:
+        if error.ambiguous:
+            log.warning("ambiguous delivery of %s: the end of DATA was sent but no reply came; the relay may have "
+                        "it", email.interaction_id,
+                        extra={"fields": {"event": "ambiguous", "interaction_id": email.interaction_id}})
+        raise
+    finally:
+        metrics.SMTP_SECONDS.observe(time.monotonic() - started)
+    metrics.ATTACHMENT_BYTES.inc(email.attachment_bytes)
+
+
+def _deliver(chunks: Iterable[bytes], envelope: Envelope, smtp: SmtpOptions) -> None:
     """Send one message within `timeout` × 3; return only once the relay answered 250 to the end of DATA.
 
     Raises TransientDeliveryError when trying again may help, PermanentDeliveryError when not.
     The thread's session is kept for its next message after a success, and closed after any failure.
     """
+    helo = envelope.helo
     settings = (smtp, helo)
     deadline = time.monotonic() + DELIVERY_TIMEOUTS * smtp.timeout
     client = kept_session(settings)
@@ -185,7 +198,7 @@ def deliver(chunks: Iterable[bytes], envelope: Envelope, smtp: SmtpOptions, helo
             _transaction(client, replies, chunks, envelope)
     except OSError:  # smtplib's errors too: the connection broke before the end of DATA was sent
         close_kept_session()
-        raise TransientDeliveryError(RETRY_LATER) from None
+        raise TransientDeliveryError() from None
     except BaseException:
         close_kept_session()
         raise

@@ -1,7 +1,7 @@
-"""Error types of the request path and the JSON the contract gives each of them."""
+"""The one error type of the request path, its codes, and the HTTP status each code is answered with."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # GMS codes (contract section 4).
@@ -34,6 +34,20 @@ INTERNAL_ERROR = 614
 TOO_MANY_USER_DATA = 616
 FOREIGN_ORIGIN = 617
 
+# The HTTP status of an answer whose (first) error has this code; every other code is 400. The README's
+# error-code table is this table.
+HTTP_STATUS = {
+    UNSUPPORTED_CONTENT_TYPE: 415,
+    BAD_CREDENTIALS: 401,
+    TOO_MANY_REQUESTS: 429,
+    NOT_FOUND: 404,
+    METHOD_NOT_ALLOWED: 405,
+    DELIVERY_REFUSED: 200,
+    INTERNAL_ERROR: 500,
+    FOREIGN_ORIGIN: 403,
+}
+RETRY_LATER = "The message could not be delivered now; please try again later."
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -45,6 +59,7 @@ class Problem:
     advice: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The entry as the contract writes it."""
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.advice is not None:
             body["advice"] = self.advice
@@ -53,56 +68,55 @@ class Problem:
         return body
 
 
-@dataclass
 class ApiError(Exception):
-    """A request the service answers with `statusCode` 2 and a list of problems."""
+    """A request the service does not answer with statusCode 0: statusCode 2 with its problems, or statusCode 1
+    with a message (retrying may help). `outcome` names it in the log line; `reply_code` is the relay's reply."""
 
-    problems: list[Problem]
-    http_status: int = 400
-    headers: dict[str, str] = field(default_factory=dict)
+    status_code = 2
+    outcome = "rejected"
 
-    def __post_init__(self) -> None:
-        super().__init__("; ".join(p.message for p in self.problems))
+    def __init__(self, problems: list[Problem], *, headers: dict[str, str] | None = None,
+                 reply_code: int | None = None) -> None:
+        super().__init__("; ".join(p.message for p in problems))
+        self.problems = problems
+        self.headers = headers or {}
+        self.reply_code = reply_code
 
     @classmethod
-    def single(cls, code: int, message: str, http_status: int = 400, **extra: Any) -> ApiError:
-        return cls([Problem(code, message, **extra)], http_status)
+    def single(cls, code: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> ApiError:
+        """An error with one problem."""
+        return cls([Problem(code, message, **extra)], headers=headers)
+
+    @property
+    def http_status(self) -> int:
+        """The answer's HTTP status, from the code → HTTP table."""
+        return HTTP_STATUS.get(self.problems[0].code, 400) if self.problems else 200
 
     def body(self) -> dict[str, Any]:
+        """The JSON body of the answer."""
         return {"statusCode": 2, "errors": [p.to_json() for p in self.problems]}
 
 
-class DeliveryError(Exception):
-    """The SMTP server did not accept the message; `reply_code` is its last reply, if any."""
+class PermanentDeliveryError(ApiError):
+    """Not delivered, and trying again will not help: the relay refused the message or the session."""
 
-    def __init__(self, message: str, reply_code: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.reply_code = reply_code
+    outcome = "refused"
 
 
-class TransientDeliveryError(DeliveryError):
-    """Not delivered, and trying again later may help (`statusCode` 1).
+class TransientDeliveryError(ApiError):
+    """Not delivered, and trying again later may help (statusCode 1, HTTP 200).
 
-    `ambiguous` is set when the end of DATA was sent but no reply came: the relay
-    may have accepted the message, so it is logged for an operator to check.
+    `ambiguous` is set when the end of DATA was sent but no reply came: the relay may have accepted the
+    message, so it is logged for an operator to check.
     """
 
-    def __init__(self, message: str, reply_code: int | None = None, *, ambiguous: bool = False) -> None:
-        super().__init__(message, reply_code)
+    status_code = 1
+
+    def __init__(self, reply_code: int | None = None, *, ambiguous: bool = False) -> None:
+        super().__init__([], reply_code=reply_code)
+        self.message = RETRY_LATER
         self.ambiguous = ambiguous
+        self.outcome = "ambiguous" if ambiguous else "retry"
 
     def body(self) -> dict[str, Any]:
         return {"statusCode": 1, "message": self.message}
-
-
-class PermanentDeliveryError(DeliveryError):
-    """Not delivered, and trying again will not help: rendered as the problem it names."""
-
-    def __init__(self, problem: Problem, reply_code: int | None, http_status: int) -> None:
-        super().__init__(problem.message, reply_code)
-        self.problem = problem
-        self.http_status = http_status
-
-    def body(self) -> dict[str, Any]:
-        return {"statusCode": 2, "errors": [self.problem.to_json()]}

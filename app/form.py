@@ -19,6 +19,7 @@ from app.errors import (
     UNSUPPORTED_CONTENT_TYPE,
     ApiError,
 )
+from app.options import ServiceOptions
 
 ALLOWANCE = 1024 * 1024  # bytes that the non-file fields may take together
 MAX_PARTS = 1000
@@ -38,19 +39,29 @@ class Upload:
 
 @dataclass
 class Form:
+    """The fields of a form in the order they came, and its file parts; a context manager that frees the files."""
+
     fields: list[tuple[str, str]] = field(default_factory=list)
     uploads: list[Upload] = field(default_factory=list)
 
     def close(self) -> None:
+        """Free the spooled files."""
         for upload in self.uploads:
             upload.stream.close()
 
+    def __enter__(self) -> Form:
+        return self
 
-def too_large(max_size: int) -> ApiError:
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def too_large(max_size: int, headers: dict[str, str] | None = None) -> ApiError:
+    """The 202 answer for a request larger than `max_size` plus the allowance."""
     return ApiError.single(
         ATTACHMENTS_TOO_LARGE,
         f"The request is larger than the attachments limit of {max_size} bytes allows.",
-        advice=max_size,
+        advice=max_size, headers=headers,
     )
 
 
@@ -85,8 +96,15 @@ def _decode(raw: bytes, charset: str, name: str) -> str:
         raise _malformed(f"field {name[:40]!r} is not valid {charset} text") from None
 
 
-def read_form(stream: IO[bytes], content_type: str | None, max_size: int) -> Form:
-    """Parse a multipart or urlencoded body; the whole body may take `max_size` plus the allowance."""
+def read_form(stream: IO[bytes], content_type: str | None, content_length: int | None,
+              service: ServiceOptions) -> Form:
+    """Parse a multipart or urlencoded body; the whole body may take the service's `max_size` plus the allowance.
+
+    A Content-Length that already says more is refused without reading the body (and the connection closed).
+    """
+    max_size = service.max_size
+    if (content_length or 0) > max_size + ALLOWANCE:
+        raise too_large(max_size, headers={"Connection": "close"})
     mimetype, params = parse_options_header(content_type or "")
     if mimetype == "application/x-www-form-urlencoded":
         return _read_urlencoded(stream, params.get("charset", "utf-8"))
@@ -99,7 +117,6 @@ def read_form(stream: IO[bytes], content_type: str | None, max_size: int) -> For
     raise ApiError.single(
         UNSUPPORTED_CONTENT_TYPE,
         "Send the form as multipart/form-data or application/x-www-form-urlencoded.",
-        http_status=415,
     )
 
 

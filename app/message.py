@@ -8,7 +8,7 @@ import socket
 import string
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email import policy
 from email.charset import QP, Charset
 from email.header import Header
@@ -59,8 +59,15 @@ def new_interaction_id() -> str:
     return "".join(digits)
 
 
-def helo_name(smtp: SmtpOptions) -> str:
-    return smtp.helo_name or HOST_NAME
+@dataclass(frozen=True)
+class Envelope:
+    """The SMTP envelope. MAIL FROM is never the customer's address: a bounce must not reach a stranger."""
+
+    helo: str  # the EHLO name, also the domain of Message-ID
+    mail_from: str
+    rcpt_to: str
+    max_size: int  # the service's limit, the advice given when the relay answers 552
+    size: int = 0  # the message's size, declared with SIZE= when the relay offers it
 
 
 class _FoldedHeader(str):
@@ -162,10 +169,18 @@ def _from_header(display_name: str, address: str) -> _FoldedHeader:
 
 @dataclass
 class OutgoingEmail:
-    """The composed email. Attachment bodies stand in `message` as placeholders and are streamed by `chunks()`."""
+    """The composed email and its envelope. Attachment bodies stand in `message` as placeholders and are
+    streamed by `chunks()`."""
 
+    interaction_id: str
     message: EmailMessage
+    envelope: Envelope
     placeholders: dict[bytes, Attachment] = field(default_factory=dict)
+
+    @property
+    def attachment_bytes(self) -> int:
+        """The bytes of all attachments."""
+        return sum(attachment.size for attachment in self.placeholders.values())
 
     @cached_property
     def wire(self) -> bytes:
@@ -208,7 +223,9 @@ def _base64_lines(attachment: Attachment) -> Iterator[bytes]:
 
 
 def compose(submission: Submission, interaction_id: str, service: ServiceOptions, smtp: SmtpOptions) -> OutgoingEmail:
-    """Build the email with the headers of contract section 6 and every attachment."""
+    """Build the email with the headers of contract section 6, every attachment, and the envelope: MAIL FROM is
+    `envelope_from` (also the Sender: header) or else the mailbox itself; HELO names the Message-ID's domain."""
+    helo = smtp.helo_name or HOST_NAME
     message = EmailMessage(policy=POLICY)
     display_name = f"{submission.first_name} {submission.last_name}"
     message["From"] = _from_header(display_name, submission.from_address)
@@ -217,8 +234,7 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
     message["To"] = _FoldedHeader("To", submission.mailbox, submission.mailbox)
     _add_text_header(message, "Subject", submission.subject)
     message["Date"] = _FoldedHeader("Date", date := _date(), date)
-    message["Message-ID"] = _FoldedHeader("Message-ID", message_id := f"<{interaction_id}@{helo_name(smtp)}>",
-                                          message_id)
+    message["Message-ID"] = _FoldedHeader("Message-ID", message_id := f"<{interaction_id}@{helo}>", message_id)
     _add_text_header(message, "X-Genesys-Interaction-Id", interaction_id)
     _add_text_header(message, "X-Genesys-Service", submission.service)
     if service.tenant:
@@ -228,9 +244,8 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
     for key, value in submission.user_data:
         _add_text_header(message, "X-Genesys-User-Data", f"{key}={value}")
     _set_text(message, submission.text)
-    if not submission.attachments:
-        return OutgoingEmail(message)
-    outgoing = OutgoingEmail(message)
+    envelope = Envelope(helo, smtp.envelope_from or submission.mailbox, submission.mailbox, service.max_size)
+    outgoing = OutgoingEmail(interaction_id, message, envelope)
     for attachment in submission.attachments:
         maintype, _, subtype = attachment.content_type.partition("/")
         message.add_attachment(b"", maintype=maintype, subtype=subtype, filename=attachment.filename)
@@ -239,4 +254,5 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
         outgoing.placeholders[placeholder.encode()] = attachment
     for part in message.iter_parts():
         _freeze_short_headers(part)
+    outgoing.envelope = replace(envelope, size=outgoing.size())
     return outgoing

@@ -11,8 +11,8 @@ from werkzeug.exceptions import NotFound
 
 from app import metrics
 from app.access import check_origin
-from app.email_api import request_options
 from app.errors import BAD_CREDENTIALS, ApiError
+from app.plumbing import request_options
 
 bp = Blueprint("node", __name__)
 STATUSES = ("ONLINE", "OFFLINE")
@@ -56,9 +56,8 @@ def _require_admin() -> None:
         hmac.compare_digest((auth.username or "").encode(), options.admin_username.encode())
         & hmac.compare_digest((auth.password or "").encode(), options.admin_password.encode())
     ):
-        error = ApiError.single(BAD_CREDENTIALS, "Admin credentials are required.", http_status=401)
-        error.headers["WWW-Authenticate"] = 'Basic realm="GMS admin", charset="UTF-8"'
-        raise error
+        raise ApiError.single(BAD_CREDENTIALS, "Admin credentials are required.",
+                              headers={"WWW-Authenticate": 'Basic realm="GMS admin", charset="UTF-8"'})
 
 
 @bp.get("/genesys/1/node")

@@ -15,6 +15,7 @@ from app.errors import (
     FROM_ADDRESS_MISSING,
     INVALID_FROM_ADDRESS,
     INVALID_MAILBOX,
+    INVALID_SERVICE_NAME,
     LAST_NAME_MISSING,
     SUBJECT_MISSING,
     TEXT_MISSING,
@@ -33,6 +34,7 @@ CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061
 VALUE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACE = r"(?:\t|[^\S\x00-\x1f\x7f-\x9f\u2028\u2029])"
 TRIM = re.compile(rf"^{_SPACE}+|{_SPACE}+$")
+SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 USER_DATA_FIELD = re.compile(r"userData\[(.*)\]", re.DOTALL)
 MAX_TEXT = 256 * 1024  # characters
 MAX_USER_DATA = 100  # pairs
@@ -58,6 +60,12 @@ class Submission:
     mailbox: str
     user_data: list[tuple[str, str]] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
+
+
+def check_service_name(name: str) -> None:
+    """Refuse a serviceName that no [email.<serviceName>] section could have (608)."""
+    if not SERVICE_NAME.fullmatch(name):
+        raise ApiError.single(INVALID_SERVICE_NAME, "The service name holds characters a service name cannot.")
 
 
 def trim(value: str) -> str:
