@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from app.errors import BAD_CREDENTIALS, FOREIGN_ORIGIN, ApiError
@@ -83,7 +83,13 @@ def check_api_key(presented: list[str | None], options: Options) -> None:
     raise ApiError.single(BAD_CREDENTIALS, "A valid API key is required in the apikey or x-api-key header.")
 
 
-def admit(headers: Mapping[str, str], own_url: str, options: Options) -> None:
+class Headers(Protocol):
+    """What admit() reads of a request's headers (Werkzeug's Headers has it)."""
+
+    def get(self, key: str) -> str | None: ...
+
+
+def admit(headers: Headers, own_url: str, options: Options) -> None:
     """Let a post in only from an allowed or the service's own origin (or none), with a valid API key if any
     are configured. A foreign origin is refused before anything is delivered: the browser could not read the
     answer, and the customer would retry."""

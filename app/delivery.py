@@ -194,6 +194,8 @@ def _deliver(chunks: Iterable[bytes], envelope: Envelope, smtp: SmtpOptions) -> 
             keep_session(settings, client)
             _check_size(client, envelope)
             replies = _envelope_replies(client, envelope, reset=False)
+        if client.sock is None:
+            raise TransientDeliveryError()
         with DEADLINES.cut_off(client.sock, deadline):  # the message's writes too, however slowly the relay reads
             _transaction(client, replies, chunks, envelope)
     except OSError:  # smtplib's errors too: the connection broke before the end of DATA was sent

@@ -119,4 +119,5 @@ class TransientDeliveryError(ApiError):
         self.outcome = "ambiguous" if ambiguous else "retry"
 
     def body(self) -> dict[str, Any]:
+        """The JSON body: statusCode 1 and a message, no errors."""
         return {"statusCode": 1, "message": self.message}

@@ -35,6 +35,7 @@ class MaildirHandler:
         self.path = path
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Store the message and accept it."""
         key = self.maildir.add(envelope.original_content or b"")
         log.info("stored an email from %s to %s: %s", envelope.mail_from, ", ".join(envelope.rcpt_tos),
                  self.path / "new" / key)

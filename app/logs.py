@@ -11,6 +11,7 @@ class JsonFormatter(logging.Formatter):
     """Render a record as one JSON object: time, level, logger, message and its `fields`."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of ASCII JSON."""
         line = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,

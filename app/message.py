@@ -13,7 +13,7 @@ from email import policy
 from email.charset import QP, Charset
 from email.header import Header
 from email.headerregistry import HeaderRegistry
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.utils import format_datetime, localtime, quote
 from functools import cached_property
 
@@ -79,12 +79,16 @@ class _FoldedHeader(str):
     The email package stores and emits any value with a `name` and a `fold()` as it is.
     """
 
+    name: str
+    wire: str
+
     def __new__(cls, name: str, text: str, wire: str) -> _FoldedHeader:
         obj = super().__new__(cls, text)
         obj.name, obj.wire = name, wire
         return obj
 
     def fold(self, *, policy: policy.Policy) -> str:
+        """The header as written here, whatever the policy (the email package's header protocol)."""
         return f"{self.name}: {self.wire}{policy.linesep}"
 
 
@@ -137,7 +141,7 @@ def _set_text(message: EmailMessage, text: str) -> None:
     message.set_payload(body)
 
 
-def _freeze_short_headers(part: EmailMessage) -> None:
+def _freeze_short_headers(part: Message) -> None:
     """Keep the MIME headers that add_attachment wrote, when short ASCII, as they read now, so that writing
     the message out does not parse and refold them again."""
     for name, value in part.items():
@@ -250,7 +254,8 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
         maintype, _, subtype = attachment.content_type.partition("/")
         message.add_attachment(b"", maintype=maintype, subtype=subtype, filename=attachment.filename)
         placeholder = f"ATTACHMENT-{secrets.token_hex(16)}"
-        message.get_payload()[-1].set_payload(placeholder)
+        *_, part = message.iter_parts()
+        part.set_payload(placeholder)
         outgoing.placeholders[placeholder.encode()] = attachment
     for part in message.iter_parts():
         _freeze_short_headers(part)

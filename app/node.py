@@ -25,6 +25,7 @@ class NodeStatus:
         self.path = Path(path)
 
     def get(self) -> str:
+        """The status in the file; ONLINE when there is none."""
         try:
             status = self.path.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
@@ -41,6 +42,7 @@ class NodeStatus:
 
 
 def node_status() -> NodeStatus:
+    """The node's status file named by the options in force."""
     return NodeStatus(request_options().status_file)
 
 
@@ -68,6 +70,7 @@ def ping() -> Response:
 
 @bp.get("/genesys/1/admin/node/status")
 def status() -> Response:
+    """This node's status, ONLINE or OFFLINE, with the options version the answering worker serves."""
     _require_admin()
     in_force = current_app.extensions["options"].in_force
     return Response(node_status().get(), content_type="text/plain;charset=utf-8",
@@ -76,6 +79,7 @@ def status() -> Response:
 
 @bp.post("/genesys/1/admin/node/changestatus/<any(ONLINE, OFFLINE):new_status>")
 def change_status(new_status: str) -> Response:
+    """Drain (OFFLINE) or undrain (ONLINE) this node."""
     _require_admin()
     node_status().set(new_status)
     return Response(new_status, content_type="text/plain;charset=utf-8")
@@ -83,5 +87,6 @@ def change_status(new_status: str) -> Response:
 
 @bp.get("/metrics")
 def metrics_page() -> Response:
+    """The Prometheus metrics of every worker."""
     body, content_type = metrics.exposition()
     return Response(body, content_type=content_type)

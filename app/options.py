@@ -51,6 +51,7 @@ class ServiceOptions:
 
 @dataclass(frozen=True)
 class SmtpOptions:
+    """The [smtp] options: the relay and how to reach it."""
     host: str
     port: int
     security: str

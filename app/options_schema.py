@@ -60,6 +60,7 @@ status_file = one_line(min=1, default="node.status")
 
 
 def configspec() -> list[str]:
+    """The configspec of options.ini; every [email.<service>] key defaults to None, meaning [email]'s."""
     email = [f"{key} = {check}({args}default={default})" for key, (check, args, default) in EMAIL_KEYS.items()]
     service = [f"{key} = {check}({args}default=None)" for key, (check, args, _) in EMAIL_KEYS.items()]
     return ["[email]", *email, "[__many__]", *service, *OTHER_SECTIONS_SPEC.splitlines()]
@@ -101,7 +102,7 @@ def _one_line(value: str | list[str], min: str = "0") -> str:  # noqa: A002 - co
 def mailbox_address(value: str) -> str:
     """A mailbox's address in ASCII form; raises EmailNotValidError. Unlike a customer's, it may be internal."""
     address = validate_email(value, check_deliverability=False, allow_smtputf8=False, globally_deliverable=False)
-    return address.ascii_email
+    return address.ascii_email or address.normalized  # ASCII: SMTPUTF8 is not allowed
 
 
 def _mailbox(value: str | list[str]) -> str:

@@ -81,6 +81,7 @@ class NodeSnapshot:
         return _stat(self._path(".json")) != self._seen
 
     def read(self) -> dict[str, Any] | None:
+        """The snapshot's record, or None when there is none yet."""
         path = self._path(".json")
         self._seen = _stat(path)
         try:

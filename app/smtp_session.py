@@ -87,10 +87,13 @@ class _BoundedReplies:
     """An SMTP client whose every reply must be complete within `timeout`, and before `deadline`."""
 
     timeout: float
-    sock: socket.socket
+    sock: socket.socket | None
     deadline = math.inf  # the end of the current delivery, set by the caller
 
     def getreply(self) -> tuple[int, bytes]:
+        """smtplib's getreply(), cut off at the reply's deadline."""
+        if self.sock is None:
+            raise smtplib.SMTPServerDisconnected("not connected")
         at = min(time.monotonic() + self.timeout, self.deadline)
         with DEADLINES.cut_off(self.sock, at) as watch:
             try:
@@ -136,7 +139,9 @@ def open_session(smtp: SmtpOptions, helo: str, deadline: float = math.inf) -> sm
             client = BoundedSMTP(smtp.host, smtp.port, local_hostname=helo, timeout=timeout)
     except smtplib.SMTPConnectError as exc:
         raise SetupRefused("greeting", exc.smtp_code) from None
-    client.timeout, client.deadline = smtp.timeout, deadline  # type: ignore[attr-defined]
+    client.timeout, client.deadline = smtp.timeout, deadline
+    if client.sock is None:  # the greeting closed the connection
+        raise smtplib.SMTPServerDisconnected("the relay closed the connection")
     client.sock.settimeout(smtp.timeout)
     # Each command waits for its reply: send at once rather than wait to fill a segment (Nagle).
     client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

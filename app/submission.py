@@ -97,7 +97,8 @@ def _from_address(value: str, problems: list[Problem]) -> str:
         problems.append(Problem(FROM_ADDRESS_MISSING, "fromAddress is missing.", field="fromAddress"))
         return ""
     try:
-        return validate_email(trim(value), check_deliverability=False, allow_smtputf8=False).ascii_email
+        address = validate_email(trim(value), check_deliverability=False, allow_smtputf8=False)
+        return address.ascii_email or address.normalized  # IDN domains as punycode
     except EmailNotValidError as exc:
         problems.append(Problem(INVALID_FROM_ADDRESS, f"fromAddress is not a valid email address: {exc}",
                                 field="fromAddress"))

@@ -206,7 +206,7 @@ class OptionsFile:
         self.sections: dict[str, dict[str, str]] = {
             "email": {"mailbox": "support@example.com", "tenant": "Environment"},
             "email.sales": {"mailbox": "sales@example.com", "max_files": "3"},
-            "smtp": {"host": "127.0.0.1", "port": str(smtp_port), "timeout": "1", "helo_name": "gms.test"},
+            "smtp": {"host": "127.0.0.1", "port": str(smtp_port), "timeout": "0.3", "helo_name": "gms.test"},
             "server": {"reload_interval": "0", "status_file": str(path.with_name("node.status"))},
         }
         self.write()
@@ -231,7 +231,7 @@ class OptionsFile:
 
 @pytest.fixture
 def options_file(tmp_path, smtp_server) -> OptionsFile:
-    """An options file in tmp_path pointing at the test SMTP server, re-read on every request."""
+    """An options file in tmp_path pointing at the test SMTP server (replies within 0.3 s), re-read on every request."""
     return OptionsFile(tmp_path / "options.ini", smtp_server.port)
 
 

@@ -18,11 +18,13 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from aiosmtpd.controller import Controller
 from conftest import Received
 from support import PDF, PNG, LineWatcher, free_port, multipart
 
 ROOT = Path(__file__).parent.parent
+pytestmark = pytest.mark.e2e
 REQUESTS, CLIENTS, FAULT_RATE = 2000, 16, 0.10
 FAULTS = (("MAIL", "451 4.3.0 try later"), ("RCPT", "550 5.1.1 no such user"), ("RCPT", "drop"),
           ("END", "451 4.3.0 try later"), ("END", "554 5.7.1 refused"), ("END", "drop"))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
+pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.skipif(not (shutil.which("wrk") and shutil.which("smtp-sink")),

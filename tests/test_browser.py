@@ -16,7 +16,8 @@ from werkzeug.serving import make_server
 ROOT = Path(__file__).parent.parent
 CHROMIUM = shutil.which("chromium")
 SCREENSHOTS = ROOT / "build" / "screenshots"
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")]
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                   "--disable-background-networking", "--disable-component-update"]
 

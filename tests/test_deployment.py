@@ -27,8 +27,8 @@ import pytest
 from support import PDF, PNG, LineWatcher, free_port, hostile_corpus, metric, multipart, wait_for_port
 
 ROOT = Path(__file__).parent.parent
-pytestmark = pytest.mark.skipif(not (shutil.which("nginx") and shutil.which("postfix")),
-                                reason="needs nginx and postfix (Debian packages; .ci/run installs them)")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not (shutil.which("nginx") and shutil.which("postfix")),
+                                reason="needs nginx and postfix (Debian packages; .ci/run installs them)")]
 ADMIN = ("ops", "drain-me")
 
 POSTFIX_MAIN = """\

@@ -175,7 +175,7 @@ def test_a_relay_that_trickles_its_reply_is_cut_off_at_the_timeout(options_file,
     from aiosmtpd.controller import Controller
     from support import free_port
 
-    timeout = 1.0
+    timeout = 0.5
     handler = TrickleHandler(stage, every=timeout / 4)  # each byte well within the timeout, the reply far beyond it
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()

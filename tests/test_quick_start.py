@@ -30,6 +30,7 @@ def test_the_quick_start_is_two_commands():
     assert test in (ROOT / ".ci" / "run").read_text()  # CI runs the README's test command
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not (DEBIAN_PYTHON.exists() and shutil.which("git")),
                     reason="needs Debian's /usr/bin/python3 (with python3-venv) and git")
 def test_the_first_command_serves_a_form_with_debians_python3(tmp_path):
