@@ -16,6 +16,7 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
+from bench.forms import GOOD_FORM, multipart
 from bench.ports import free_port, wait_for_port
 
 ROOT = Path(__file__).parent.parent
@@ -25,18 +26,7 @@ PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 TARGETS = "w1 A/N >= 1.3, w1 A/H >= 0.3, w2 A/N >= 1.2, w1 A p99 <= 50 ms, w3 A growth <= 2x payload"
 
 
-def multipart(fields: dict[str, str], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
-    boundary = "benchboundary7MA4YWxkTrZu0gW"
-    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-                    for k, v in fields.items())
-    for name, content in files:
-        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-                 "Content-Type: application/octet-stream\r\n\r\n").encode() + content + b"\r\n"
-    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-FIELDS = {"firstName": "Ana", "lastName": "Lee", "fromAddress": "ana@example.com", "subject": "Invoice question",
-          "text": "Hello, my invoice is wrong.", "userData": "order=A-17"}
+FIELDS = {**GOOD_FORM, "userData": "order=A-17"}
 
 
 def workloads(folder: Path) -> dict[str, tuple[Path, str]]:
@@ -45,7 +35,7 @@ def workloads(folder: Path) -> dict[str, tuple[Path, str]]:
     files = [("a.png", PNG_HEAD + b"\0" * (100_000 - len(PNG_HEAD))),
              ("b.pdf", PDF_HEAD + b"\0" * (100_000 - len(PDF_HEAD))),
              ("c.pdf", PDF_HEAD + b"\1" * (100_000 - len(PDF_HEAD)))]
-    w2, w2_type = multipart(FIELDS, files)
+    w2, w2_type = multipart([*FIELDS.items(), *(("files", file) for file in files)])
     (folder / "w1.body").write_bytes(w1)
     (folder / "w2.body").write_bytes(w2)
     return {"w1": (folder / "w1.body", "application/x-www-form-urlencoded"), "w2": (folder / "w2.body", w2_type)}
@@ -148,7 +138,7 @@ def measure_throughput(folder: Path, smtp_port: int, args: argparse.Namespace) -
 def measure_memory(folder: Path, smtp_port: int, posts: int) -> dict[str, tuple[float, int]]:
     """w3: one worker, a 9.5 MB form of five files posted `posts` times; growth as a multiple of the payload."""
     files = [(f"part{i}.pdf", PDF_HEAD + os.urandom(1_992_294 - len(PDF_HEAD))) for i in range(5)]
-    body, content_type = multipart(FIELDS, files)
+    body, content_type = multipart([*FIELDS.items(), *(("files", file) for file in files)])
     payload = sum(len(content) for _, content in files)
     memory = {}
     for name in ("A", "N"):

@@ -5,8 +5,6 @@ import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +12,10 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
-from support import GOOD_FORM, free_port, multipart
+from support import GOOD_FORM, Received, free_port, multipart
 
 from app import create_app
 from app.smtp_session import close_kept_session
-
-
-@dataclass
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    raw: bytes
-    mail_options: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def email(self) -> EmailMessage:
-        return message_from_bytes(self.raw, policy=policy.default)
 
 
 @dataclass
@@ -50,7 +36,7 @@ class FaultyHandler:
             extensions.append(f"250-SIZE {self.size_limit}")
         return responses[:-1] + extensions + [responses[-1]]
 
-    async def _fault(self, server: Any, stage: str) -> str | None:
+    async def inject_fault(self, server: Any, stage: str) -> str | None:
         fault = self.faults.get(stage)
         if fault == "stall":  # until the client gives up
             await server.lost.wait()
@@ -61,20 +47,20 @@ class FaultyHandler:
 
     async def handle_MAIL(self, server, session, envelope, address, options) -> str:
         self.mail_commands += 1
-        if reply := await self._fault(server, "MAIL"):
+        if reply := await self.inject_fault(server, "MAIL"):
             return reply
         envelope.mail_from = address
         envelope.mail_options = options
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, options) -> str:
-        if reply := await self._fault(server, "RCPT"):
+        if reply := await self.inject_fault(server, "RCPT"):
             return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:
-        if reply := await self._fault(server, "END"):
+        if reply := await self.inject_fault(server, "END"):
             return reply
         options = dict(option.partition("=")[::2] for option in envelope.mail_options)
         self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, options))
@@ -86,13 +72,24 @@ class FaultySMTP(SMTP):
 
     def connection_made(self, transport) -> None:
         self.lost = asyncio.Event()
+        self.greeted = False
+        fault = self.event_handler.faults.get("greeting")
+        if fault == "drop":
+            transport.abort()
+        elif fault and fault != "stall":  # a refusing greeting; "stall" never greets, until the client gives up
+            transport.write(f"{fault}\r\n".encode())
+            transport.close()
+        if fault:
+            return
+        self.greeted = True
         super().connection_made(transport)
 
     def connection_lost(self, error) -> None:
         self.lost.set()
-        super().connection_lost(error)
+        if self.greeted:  # a session that never started has nothing of aiosmtpd's to end
+            super().connection_lost(error)
 
-    async def _fault(self, stage: str) -> bool:
+    async def inject_fault(self, stage: str) -> bool:
         fault = self.event_handler.faults.get(stage)
         if not fault:
             return False
@@ -104,35 +101,25 @@ class FaultySMTP(SMTP):
             await self.push(fault)
         return True
 
-    async def _handle_client(self) -> None:
-        try:
-            if await self._fault("greeting"):
-                self._writer.close()
-                return
-        except asyncio.CancelledError:  # the client gave up: close as aiosmtpd does for a lost connection
-            self._writer.close()
-            raise
-        await super()._handle_client()
-
     async def smtp_EHLO(self, arg: str) -> None:
         self.event_handler.sessions += 1  # a client's session; the controller's own start-up probe says no EHLO
-        if not await self._fault("EHLO"):
+        if not await self.inject_fault("EHLO"):
             await super().smtp_EHLO(arg)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
-        if not await self._fault("STARTTLS"):
+        if not await self.inject_fault("STARTTLS"):
             await super().smtp_STARTTLS(arg)
 
     async def smtp_AUTH(self, arg: str) -> None:
-        if not await self._fault("AUTH"):
+        if not await self.inject_fault("AUTH"):
             await super().smtp_AUTH(arg)
 
     async def smtp_RSET(self, arg: str) -> None:
-        if not await self._fault("RSET"):
+        if not await self.inject_fault("RSET"):
             await super().smtp_RSET(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
-        if not await self._fault("DATA"):
+        if not await self.inject_fault("DATA"):
             await super().smtp_DATA(arg)
 
 

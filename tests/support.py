@@ -6,10 +6,13 @@ import base64
 import json
 import re
 import threading
-import uuid
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from bench.forms import GOOD_FORM, multipart  # noqa: F401 - shared with the benchmark
 from bench.ports import free_port, wait_for_port  # noqa: F401 - shared with the tests
 
 DATA = Path(__file__).parent / "data"
@@ -18,29 +21,20 @@ PNG = (
     b"\x00\x00\x00\rIDATx\x9ccd\xf8\x0f\x04\x00\t\xfb\x03\xfd\xe3U\xf2\x9c\x00\x00\x00\x00IEND\xaeB`\x82"
 )
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
-GOOD_FORM = {
-    "firstName": "Ana",
-    "lastName": "Lee",
-    "fromAddress": "ana@example.com",
-    "subject": "Invoice question",
-    "text": "Hello,\r\nmy invoice is wrong.",
-}
 
 
-def multipart(parts: list[tuple[str, Any]]) -> tuple[bytes, str]:
-    """Encode parts in the given order; a value (filename, bytes) is a file part."""
-    boundary = uuid.uuid4().hex
-    body = b""
-    for name, value in parts:
-        if isinstance(value, tuple):
-            filename, content = value
-            filename = filename.replace("\\", "\\\\").replace('"', '\\"')  # a quoted-string's escapes
-            body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     "Content-Type: application/octet-stream\r\n\r\n").encode() + content + b"\r\n"
-        else:
-            body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
-            body += value.encode() + b"\r\n"
-    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    raw: bytes
+    mail_options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def email(self) -> EmailMessage:
+        return message_from_bytes(self.raw, policy=policy.default)
 
 
 def hostile_corpus() -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Browsers on other origins (CORS) and API keys (contract section 8)."""
 import pytest
-from support import codes
+from support import GOOD_FORM, codes
 
 ORIGIN = "https://www.example.com"
 
@@ -64,8 +64,7 @@ def test_missing_or_wrong_api_key_is_401(api_keys, client, smtp_server, headers)
 
 @pytest.mark.parametrize("header", ("apikey", "x-api-key"))
 def test_a_configured_key_in_either_header_is_accepted(api_keys, client, smtp_server, header):
-    form = {"firstName": "Ana", "lastName": "Lee", "fromAddress": "ana@example.com", "subject": "Hi", "text": "Hello"}
-    response = client.post("/genesys/2/email/support", data=form, headers={header: "k-456"})
+    response = client.post("/genesys/2/email/support", data=GOOD_FORM, headers={header: "k-456"})
     assert response.get_json()["statusCode"] == 0
 
 
@@ -121,8 +120,6 @@ def submit_from(client):
     """Post the known-good form with an Origin header (None: without one)."""
 
     def post(origin: str | None):
-        from support import GOOD_FORM
-
         return client.post("/genesys/2/email/support", data=GOOD_FORM, headers={"Origin": origin} if origin else {})
 
     return post

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from conftest import Received
-from support import PDF, PNG, LineWatcher, free_port, multipart
+from support import GOOD_FORM, PDF, PNG, LineWatcher, Received, free_port, multipart
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.e2e
@@ -73,7 +72,7 @@ class ChaosHandler:
 
 def form(rng: random.Random) -> tuple[str, dict]:
     """A request of a random kind and what it is: valid, valid with files, or invalid."""
-    fields = {"firstName": "Ana", "lastName": "Lee", "fromAddress": "ana@example.com", "subject": "Hi", "text": "Hello"}
+    fields = dict(GOOD_FORM)
     files = []
     kind = rng.choices(("valid", "files", "invalid"), weights=(6, 2, 2))[0]
     if kind == "files":

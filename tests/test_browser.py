@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from support import PDF, PNG, free_port
+from support import GOOD_FORM, PDF, PNG, free_port
 from werkzeug.serving import make_server
 
 ROOT = Path(__file__).parent.parent
@@ -82,8 +82,7 @@ def page(browser, page_url):
 
 
 def fill(page, **values: str) -> None:
-    form = {"firstName": "Ana", "lastName": "Lee", "fromAddress": "ana@example.com", "subject": "Invoice",
-            "text": "Hello,\nmy invoice is wrong.", **values}
+    form = {**GOOD_FORM, "text": "Hello,\nmy invoice is wrong.", **values}  # a textarea's own line ends
     for name, value in form.items():
         page.fill(f"#{name}", value)
 

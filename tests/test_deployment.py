@@ -24,7 +24,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from support import PDF, PNG, LineWatcher, free_port, hostile_corpus, metric, multipart, wait_for_port
+from support import GOOD_FORM, PDF, PNG, LineWatcher, free_port, hostile_corpus, metric, multipart, wait_for_port
 
 ROOT = Path(__file__).parent.parent
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not (shutil.which("nginx") and shutil.which("postfix")),
@@ -117,8 +117,7 @@ class Chain:
 
     def post_form(self, files: list[tuple[str, bytes]] = (), service: str = "support", source: str = "127.0.0.1",
                   **fields: str) -> tuple[int, dict]:
-        form = {"firstName": "Ana", "lastName": "Lee", "fromAddress": "ana@example.com", "subject": "Hi",
-                "text": "Hello", **fields}
+        form = {**GOOD_FORM, **fields}
         body, content_type = multipart(list(form.items()) + [("files", f) for f in files])
         status, answer = self.request("POST", f"/genesys/2/email/{service}", body, {"Content-Type": content_type},
                                       source)
