@@ -1,33 +1,28 @@
 """The options in force in each process, and how every process of a node converges on the newest good file.
 
 Each process re-reads options.ini when it changes: a watcher thread checks every `reload_interval`, and so
-does a request that finds the check due. A valid file is published to the node's snapshot, a private file
-shared by the processes of one process group (gunicorn's master and its workers) that holds the newest good
-text under a version number that only grows. A process whose file is invalid serves that snapshot when it is
-newer than its own options, so no process, however idle or newly forked, serves older options than any
-process of the node has seen; a node that never saw good options refuses to start.
+does a request that finds the check due. A valid file is published to the node's snapshot (app/snapshot.py);
+a process whose file is invalid serves that snapshot when it is newer than its own options, so no process,
+however idle or newly forked, serves older options than any process of the node has seen. A node that never
+saw good options refuses to start.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from app.metrics import OPTIONS_VERSION, RELOADS
 from app.options import Options, OptionsError, options_from_bytes, read_options
+from app.snapshot import NodeSnapshot, file_signature
 
 log = logging.getLogger("app.options")
-STATE_DIR_VARIABLE = "EMAIL_API_STATE_DIR"
 TICK = 0.1  # seconds between the watcher's looks at the stores whose check is due
 
 
@@ -40,87 +35,8 @@ class InForce:
     digest: str
 
 
-def _stat(path: Path) -> tuple[int, ...] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 def _digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
-
-
-def state_folder() -> Path:
-    """The folder for the node's snapshots: $EMAIL_API_STATE_DIR, else a private folder in the temporary one."""
-    folder = Path(os.environ.get(STATE_DIR_VARIABLE) or Path(tempfile.gettempdir()) / f"email-api-{os.geteuid()}")
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = folder.stat()
-    except OSError as exc:
-        raise OptionsError([f"{STATE_DIR_VARIABLE} {folder}: cannot be used: {exc.strerror or exc}"]) from None
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not os.access(folder, os.W_OK | os.X_OK):
-        raise OptionsError([f"{STATE_DIR_VARIABLE} {folder}: must be a folder of this user that others cannot write"])
-    return folder
-
-
-class NodeSnapshot:
-    """The newest good options text that any process of this node (process group) has seen, with its version."""
-
-    def __init__(self, options_path: Path) -> None:
-        self.folder = state_folder()
-        self.name = "options-" + hashlib.sha256(str(options_path.resolve()).encode()).hexdigest()[:16]
-        self._seen: tuple[int, ...] | None = None
-
-    def _path(self, suffix: str) -> Path:
-        return self.folder / f"{self.name}-{os.getpgid(0)}{suffix}"
-
-    def changed(self) -> bool:
-        """Whether the snapshot changed since this process last read or wrote it."""
-        return _stat(self._path(".json")) != self._seen
-
-    def read(self) -> dict[str, Any] | None:
-        """The snapshot's record, or None when there is none yet."""
-        path = self._path(".json")
-        self._seen = _stat(path)
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return record if isinstance(record, dict) and {"version", "digest", "text"} <= record.keys() else None
-
-    def publish(self, raw: bytes, digest: str, still_current: Callable[[], bool]) -> int | None:
-        """Record `raw` as the newest good text and return its version; None when the file changed meanwhile."""
-        with open(self._path(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            record = self.read()
-            if record is not None and record["digest"] == digest:
-                return int(record["version"])
-            if not still_current():  # what this process read is older than the file: it must not win
-                return None
-            if record is None:
-                self._forget_ended_nodes()
-            version = (int(record["version"]) if record else 0) + 1
-            handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f".{self.name}-")
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump({"version": version, "digest": digest, "text": raw.decode("utf-8")}, out)
-            os.replace(temporary, self._path(".json"))
-            self._seen = _stat(self._path(".json"))
-            return version
-
-    def _forget_ended_nodes(self) -> None:
-        """Remove the snapshots of earlier runs, whose process group has ended."""
-        for path in self.folder.glob(f"{self.name}-*"):
-            group = path.stem.rpartition("-")[2]
-            if not group.isdigit():
-                continue
-            try:
-                os.killpg(int(group), 0)
-            except ProcessLookupError:
-                path.unlink(missing_ok=True)
-            except OSError:
-                pass
 
 
 class OptionsStore:
@@ -134,7 +50,7 @@ class OptionsStore:
         self.snapshot = NodeSnapshot(self.path)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
-        self._signature = _stat(self.path)
+        self._signature = file_signature(self.path)
         self._file_ok = True
         try:
             raw, options = read_options(self.path)
@@ -146,7 +62,7 @@ class OptionsStore:
             self._log_refusal(error, in_force.version)
         else:
             digest = _digest(raw)
-            version = self.snapshot.publish(raw, digest, lambda: _stat(self.path) == self._signature)
+            version = self.snapshot.publish(raw, digest, lambda: file_signature(self.path) == self._signature)
             if version is None:
                 self._signature = None  # read again at the first check
             in_force = InForce(options, version or 0, digest)
@@ -186,7 +102,7 @@ class OptionsStore:
                 self._checked = time.monotonic()
 
     def _refresh(self) -> None:
-        signature = _stat(self.path)
+        signature = file_signature(self.path)
         if signature != self._signature:
             self._signature = signature
             try:
@@ -198,7 +114,7 @@ class OptionsStore:
             else:
                 self._file_ok = True
                 digest = _digest(raw)
-                version = self.snapshot.publish(raw, digest, lambda: _stat(self.path) == signature)
+                version = self.snapshot.publish(raw, digest, lambda: file_signature(self.path) == signature)
                 if version is None:
                     self._signature = None
                 elif (version, digest) != (self._in_force.version, self._in_force.digest):

@@ -1,6 +1,6 @@
 """End to end: nginx (deploy/nginx.conf) → gunicorn (deploy/gunicorn.conf.py) → Postfix → a Maildir.
 
-The same files and steps as the README's Deployment section, on loopback ports, with a Postfix
+The same files and steps as docs/deployment.md, on loopback ports, with a Postfix
 instance of the test's own that delivers to a Maildir instead of relaying onward.
 """
 from __future__ import annotations
