@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import mailbox
 import os
@@ -133,3 +134,17 @@ def test_the_deploy_config_starts_cleanly_for_a_user_without_a_home(options_file
     log = stop(process)
     assert not re.search(r"control socket|permission denied", log, re.I), log
     assert not (home / ".gunicorn").exists()
+
+
+def test_the_readme_curl_example_is_delivered_with_its_sample_attachment(client, smtp_server):
+    """The README's curl command, with the sample attachment it names, as the Flask test client sends it."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"```sh\n(curl .*?)\n```", readme, re.S)[1]
+    fields = re.findall(r"-F (\w+)=([^\s@][^\s]*)", command)
+    files = re.findall(r"-F files=@(\S+)", command)
+    data = dict(fields) | {"files": [(io.BytesIO((ROOT / name).read_bytes()), Path(name).name) for name in files]}
+    response = client.post("/genesys/2/email/support", data=data, content_type="multipart/form-data")
+    assert response.get_json()["statusCode"] == 0
+    [attachment] = smtp_server.messages[0].email.iter_attachments()
+    assert attachment.get_filename() == "invoice.pdf"
+    assert attachment.get_payload(decode=True) == (ROOT / "examples" / "invoice.pdf").read_bytes()
