@@ -7,12 +7,14 @@ import smtplib
 import ssl
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from app import metrics
 from app.errors import (
     ATTACHMENTS_TOO_LARGE,
     DELIVERY_REFUSED,
     INVALID_MAILBOX,
+    ApiError,
     PermanentDeliveryError,
     Problem,
     TransientDeliveryError,
@@ -39,19 +41,31 @@ def _too_large(envelope: Envelope, code: int | None) -> PermanentDeliveryError:
     return PermanentDeliveryError([problem], reply_code=code)
 
 
-def _refusal(stage: str, code: int, envelope: Envelope) -> Exception:
-    """The error for a reply `code` other than the expected one at `stage`."""
+def _refusal(stage: str, code: int, envelope: Envelope, text: bytes | str = b"") -> ApiError:
+    """The error for a reply `code` (and its `text`) other than the expected one at `stage`."""
+    error: ApiError
     if 400 <= code < 500:
-        return TransientDeliveryError(code)
-    if code == 552:
-        return _too_large(envelope, code)
-    if 500 <= code < 600 and stage == "RCPT":
+        error = TransientDeliveryError(code)
+    elif code == 552:
+        error = _too_large(envelope, code)
+    elif 500 <= code < 600 and stage == "RCPT":
         problem = Problem(INVALID_MAILBOX, "The mail server refused the mailbox.", field="mailbox")
-        return PermanentDeliveryError([problem], reply_code=code)
-    if stage == "END" and not 500 <= code < 600:
-        return TransientDeliveryError(code, ambiguous=True)
-    problem = Problem(DELIVERY_REFUSED, f"The mail server refused the message at {stage} ({code}).")
-    return PermanentDeliveryError([problem], reply_code=code)
+        error = PermanentDeliveryError([problem], reply_code=code)
+    elif stage == "END" and not 500 <= code < 600:
+        error = TransientDeliveryError(code, ambiguous=True)
+    else:
+        problem = Problem(DELIVERY_REFUSED, f"The mail server refused the message at {stage} ({code}).")
+        error = PermanentDeliveryError([problem], reply_code=code)
+    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    error.stage, error.reason = stage, f"{code} {text}".strip()
+    return error
+
+
+@dataclass
+class _Progress:
+    """How far a delivery got: the stage whose reply is awaited, for the log line of a failure."""
+
+    stage: str = "connect"
 
 
 class _SessionBroken(Exception):
@@ -62,22 +76,34 @@ def _open(smtp: SmtpOptions, helo: str, envelope: Envelope, deadline: float) -> 
     try:
         return open_session(smtp, helo, deadline)
     except SetupRefused as exc:
-        raise _refusal(exc.stage, exc.code, envelope) from None
+        raise _refusal(exc.stage, exc.code, envelope, exc.text) from None
     except ssl.SSLCertVerificationError as exc:
         problem = Problem(DELIVERY_REFUSED, f"The mail server's certificate is not trusted: {exc.verify_message}.")
-        raise PermanentDeliveryError([problem], reply_code=None) from None
-    except smtplib.SMTPServerDisconnected:
-        raise TransientDeliveryError() from None
+        error = PermanentDeliveryError([problem])
+        error.stage, error.reason = "STARTTLS" if smtp.security == "starttls" else "connect", exc.verify_message
+        raise error from None
+    except smtplib.SMTPServerDisconnected as exc:
+        raise _unreachable(exc) from None
     except smtplib.SMTPException as exc:  # the relay lacks STARTTLS or a usable AUTH method
         problem = Problem(DELIVERY_REFUSED, f"The mail server session could not be set up: {exc}.")
-        raise PermanentDeliveryError([problem], reply_code=None) from None
-    except OSError:
-        raise TransientDeliveryError() from None
+        error = PermanentDeliveryError([problem])
+        error.stage, error.reason = "EHLO", str(exc)
+        raise error from None
+    except OSError as exc:
+        raise _unreachable(exc) from None
 
 
-def _envelope_replies(client: smtplib.SMTP, envelope: Envelope, reset: bool) -> list[tuple[str, int]]:
+def _unreachable(exc: OSError) -> TransientDeliveryError:
+    """The error for a session that could not be opened: refused, timed out, or closed before it was set up."""
+    error = TransientDeliveryError()
+    error.stage, error.reason = "connect", str(exc) or type(exc).__name__
+    return error
+
+
+def _envelope_replies(client: smtplib.SMTP, envelope: Envelope, reset: bool,
+                      progress: _Progress) -> list[tuple[str, int, bytes]]:
     """Send [RSET,] MAIL, RCPT and DATA — in one write when the relay offers PIPELINING (RFC 2920) — and
-    return the stages and reply codes of MAIL, RCPT and DATA; one by one, a refusal ends the list early.
+    return the stages, reply codes and texts of MAIL, RCPT and DATA; one by one, a refusal ends the list early.
 
     Raises _SessionBroken when RSET fails: nothing of this message was taken, so a new session may try again.
     """
@@ -86,19 +112,20 @@ def _envelope_replies(client: smtplib.SMTP, envelope: Envelope, reset: bool) -> 
     commands += [("MAIL", f"MAIL FROM:{smtplib.quoteaddr(envelope.mail_from)}{size}"),
                  ("RCPT", f"RCPT TO:{smtplib.quoteaddr(envelope.rcpt_to)}"), ("DATA", "DATA")]
     pipelining = client.has_extn("pipelining")
-    replies = []
+    replies: list[tuple[str, int, bytes]] = []
     resting = reset  # until RSET is answered, a failure means the session broke while it rested
     try:
         if pipelining:
             client.send("".join(f"{command}\r\n" for _, command in commands).encode("ascii"))
         for stage, command in commands:
-            code = client.getreply()[0] if pipelining else client.docmd(command)[0]
+            progress.stage = stage
+            code, text = client.getreply() if pipelining else client.docmd(command)
             if stage == "RSET":
                 if code != 250:
                     raise _SessionBroken()
                 resting = False
                 continue
-            replies.append((stage, code))
+            replies.append((stage, code, text))
             if code not in EXPECTED[stage] and not pipelining:
                 break
     except OSError:
@@ -108,21 +135,26 @@ def _envelope_replies(client: smtplib.SMTP, envelope: Envelope, reset: bool) -> 
     return replies
 
 
-def _transaction(client: smtplib.SMTP, replies: list[tuple[str, int]], chunks: Iterable[bytes],
-                 envelope: Envelope) -> None:
-    refused = [(stage, code) for stage, code in replies if code not in EXPECTED[stage]]
+def _transaction(client: smtplib.SMTP, replies: list[tuple[str, int, bytes]], chunks: Iterable[bytes],
+                 envelope: Envelope, progress: _Progress) -> None:
+    refused = [(stage, code, text) for stage, code, text in replies if code not in EXPECTED[stage]]
     if refused:
         # A pipelined DATA may have been accepted although MAIL or RCPT was not: the session that waits
         # for content is closed by the caller, so that the relay drops the empty transaction.
-        raise _refusal(*refused[0], envelope)
+        stage, code, text = refused[0]
+        raise _refusal(stage, code, envelope, text)
+    progress.stage = "DATA"
     _send_data(client, chunks)
     # The end of DATA is sent: from here on the relay may hold the message, so nothing is resent.
+    progress.stage = "END"
     try:
-        code, _ = client.getreply()
-    except OSError:
-        raise TransientDeliveryError(ambiguous=True) from None
+        code, text = client.getreply()
+    except OSError as exc:
+        error = TransientDeliveryError(ambiguous=True)
+        error.stage, error.reason = "END", str(exc) or type(exc).__name__
+        raise error from None
     if code != 250:
-        raise _refusal("END", code, envelope)
+        raise _refusal("END", code, envelope, text)
 
 
 DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
@@ -158,15 +190,26 @@ def deliver(email: OutgoingEmail, smtp: SmtpOptions) -> None:
     started = time.monotonic()
     try:
         _deliver(email.chunks(), email.envelope, smtp)
-    except TransientDeliveryError as error:
-        if error.ambiguous:
-            log.warning("ambiguous delivery of %s: the end of DATA was sent but no reply came; the relay may have "
-                        "it", email.interaction_id,
-                        extra={"fields": {"event": "ambiguous", "interaction_id": email.interaction_id}})
+    except ApiError as error:
+        _log_failure(error, email, smtp)
         raise
     finally:
         metrics.SMTP_SECONDS.observe(time.monotonic() - started)
+    metrics.RELAY_UP.set(1)
     metrics.ATTACHMENT_BYTES.inc(email.attachment_bytes)
+
+
+def _log_failure(error: ApiError, email: OutgoingEmail, smtp: SmtpOptions) -> None:
+    """One WARNING line per failed delivery: the relay, the stage, its reply or the socket error; and metrics."""
+    relay, stage = f"{smtp.host}:{smtp.port}", error.stage or "unknown"
+    metrics.DELIVERY_FAILURES.labels(stage, error.outcome).inc()
+    metrics.RELAY_UP.set(0 if stage == "connect" and error.reply_code is None else 1)
+    what = ("the end of DATA was sent but no reply came; the relay may have it (ambiguous)"
+            if getattr(error, "ambiguous", False) else f"{error.outcome} at {stage}")
+    log.warning("delivery of %s to relay %s failed: %s: %s", email.interaction_id, relay, what, error.reason,
+                extra={"fields": {"event": "ambiguous" if getattr(error, "ambiguous", False) else "delivery_failed",
+                                  "interaction_id": email.interaction_id, "relay": relay, "stage": stage,
+                                  "outcome": error.outcome, "smtp_reply": error.reply_code, "reason": error.reason}})
 
 
 def _deliver(chunks: Iterable[bytes], envelope: Envelope, smtp: SmtpOptions) -> None:
@@ -177,30 +220,35 @@ def _deliver(chunks: Iterable[bytes], envelope: Envelope, smtp: SmtpOptions) -> 
     """
     helo = envelope.helo
     settings = (smtp, helo)
+    progress = _Progress()
     deadline = time.monotonic() + DELIVERY_TIMEOUTS * smtp.timeout
     client = kept_session(settings)
     reset = client is not None
     if client is None:
         client = _open(smtp, helo, envelope, deadline)
         keep_session(settings, client)
+    progress.stage = "RSET" if reset else "MAIL"
     try:
         client.deadline = deadline  # type: ignore[attr-defined]
         try:
             _check_size(client, envelope)
-            replies = _envelope_replies(client, envelope, reset)
+            replies = _envelope_replies(client, envelope, reset, progress)
         except _SessionBroken:
             close_kept_session()
+            progress.stage = "connect"
             client = _open(smtp, helo, envelope, deadline)
             keep_session(settings, client)
             _check_size(client, envelope)
-            replies = _envelope_replies(client, envelope, reset=False)
+            replies = _envelope_replies(client, envelope, False, progress)
         if client.sock is None:
             raise TransientDeliveryError()
         with DEADLINES.cut_off(client.sock, deadline):  # the message's writes too, however slowly the relay reads
-            _transaction(client, replies, chunks, envelope)
-    except OSError:  # smtplib's errors too: the connection broke before the end of DATA was sent
+            _transaction(client, replies, chunks, envelope, progress)
+    except OSError as exc:  # smtplib's errors too: the connection broke before the end of DATA was sent
         close_kept_session()
-        raise TransientDeliveryError() from None
+        error = TransientDeliveryError()
+        error.stage, error.reason = progress.stage, str(exc) or type(exc).__name__
+        raise error from None
     except BaseException:
         close_kept_session()
         raise

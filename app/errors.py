@@ -74,6 +74,8 @@ class ApiError(Exception):
 
     status_code = 2
     outcome = "rejected"
+    stage: str | None = None  # a delivery failure's SMTP stage (connect, greeting, EHLO, ..., MAIL, RCPT, DATA, END)
+    reason: str | None = None  # the relay's reply, or the socket error
 
     def __init__(self, problems: list[Problem], *, headers: dict[str, str] | None = None,
                  reply_code: int | None = None) -> None:

@@ -18,6 +18,10 @@ REQUESTS = Counter("email_requests", "Email API requests by service and outcome"
 ERRORS = Counter("email_errors", "Error codes answered", ["code"])
 SMTP_SECONDS = Histogram("email_smtp_round_trip_seconds", "Time from connecting to the relay to its last reply",
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+DELIVERY_FAILURES = Counter("email_delivery_failures", "Deliveries that failed, by SMTP stage and outcome",
+                            ["stage", "outcome"])
+RELAY_UP = Gauge("email_relay_up", "1 when this process's last delivery reached the relay, 0 when it could not connect "
+                 "(0 before the first delivery)", multiprocess_mode="livemax")
 ATTACHMENT_BYTES = Counter("email_attachment_bytes", "Bytes of attachments delivered")
 RELOADS = Counter("email_options_reloads", "Reloads of options.ini by result", ["result"])
 # One sample per live process (label pid in multiprocess mode), so that a worker serving older options shows.

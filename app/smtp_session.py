@@ -20,9 +20,10 @@ IDLE_LIMIT = 30  # seconds a kept session may rest; relays close idle ones (Post
 class SetupRefused(Exception):
     """The relay answered `code` at `stage` (greeting, EHLO, STARTTLS or AUTH) while the session was set up."""
 
-    def __init__(self, stage: str, code: int) -> None:
+    def __init__(self, stage: str, code: int, text: bytes | str = b"") -> None:
         super().__init__(f"{stage}: {code}")
         self.stage, self.code = stage, code
+        self.text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
 
 
 class _Watch:
@@ -117,11 +118,11 @@ def _tls_context(smtp: SmtpOptions) -> ssl.SSLContext:
 
 
 def _hello(client: smtplib.SMTP) -> None:
-    code, _ = client.ehlo()
+    code, text = client.ehlo()
     if 500 <= code < 600:  # an old server that knows no EHLO
-        code, _ = client.helo()
+        code, text = client.helo()
     if code != 250:
-        raise SetupRefused("EHLO", code)
+        raise SetupRefused("EHLO", code, text)
 
 
 def open_session(smtp: SmtpOptions, helo: str, deadline: float = math.inf) -> smtplib.SMTP:
@@ -138,7 +139,7 @@ def open_session(smtp: SmtpOptions, helo: str, deadline: float = math.inf) -> sm
         else:
             client = BoundedSMTP(smtp.host, smtp.port, local_hostname=helo, timeout=timeout)
     except smtplib.SMTPConnectError as exc:
-        raise SetupRefused("greeting", exc.smtp_code) from None
+        raise SetupRefused("greeting", exc.smtp_code, exc.smtp_error) from None
     client.timeout, client.deadline = smtp.timeout, deadline
     if client.sock is None:  # the greeting closed the connection
         raise smtplib.SMTPServerDisconnected("the relay closed the connection")
@@ -157,7 +158,7 @@ def open_session(smtp: SmtpOptions, helo: str, deadline: float = math.inf) -> sm
             client.login(smtp.username, smtp.password)
     except smtplib.SMTPResponseException as exc:
         client.close()
-        raise SetupRefused(stage, exc.smtp_code) from None
+        raise SetupRefused(stage, exc.smtp_code, exc.smtp_error) from None
     except BaseException:
         client.close()
         raise
