@@ -6,6 +6,7 @@ import logging
 import mailbox
 import re
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
@@ -42,6 +43,14 @@ class MaildirHandler:
         return "250 Message accepted for delivery"
 
 
+def service_version() -> str:
+    """The installed version of this service, as its package metadata says."""
+    try:
+        return metadata.version("gms-email-api")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start the embedded SMTP server where [smtp] points, then the service on --host:--port."""
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
@@ -49,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--maildir", type=Path, default=Path("maildir"))
     parser.add_argument("--options", help="options file (default: $OPTIONS_FILE or options.ini)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {service_version()}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)

@@ -148,3 +148,9 @@ def test_the_readme_curl_example_is_delivered_with_its_sample_attachment(client,
     [attachment] = smtp_server.messages[0].email.iter_attachments()
     assert attachment.get_filename() == "invoice.pdf"
     assert attachment.get_payload(decode=True) == (ROOT / "examples" / "invoice.pdf").read_bytes()
+
+
+def test_the_local_run_says_its_version():
+    result = subprocess.run([sys.executable, "-m", "app", "--version"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and re.fullmatch(r"python -m app \d+\.\d+\.\d+\n", result.stdout), result
