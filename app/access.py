@@ -47,7 +47,8 @@ def origin_allowed(origin: str, options: Options) -> bool:
 
 def same_origin(origin: str, own_url: str) -> bool:
     """Whether `origin` is the service's own (the scheme and host it was reached at)."""
-    return _parts(origin) is not None and _parts(origin) == _parts(own_url.rstrip("/"))
+    parts = _parts(origin)
+    return parts is not None and parts == _parts(own_url.rstrip("/"))
 
 
 def cors_headers(origin: str | None, options: Options, *, preflight: bool = False) -> dict[str, str]:

@@ -29,8 +29,11 @@ MAX_ZIP_ENTRIES = 1000
 MAX_ZIP_UNCOMPRESSED = 1024**3  # bytes the central directory may claim in all
 MAX_ZIP_DIRECTORY = MAX_ZIP_ENTRIES * 512  # bytes of central directory: ample for 1000 entries with long names
 EOCD_SEARCH = 22 + 65535 + 20  # the end record, the longest comment, and a ZIP64 locator before it
-# Controls, line breaks, and the bidi format characters that can show "evil\u202efdp.exe" as "evilexe.pdf".
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
+# The format characters that reorder or hide text, so that "evil\u202efdp.exe" shows as "evilexe.pdf": bidi
+# marks, embeddings, overrides and isolates. Refused in file names here, and in one-line fields (submission).
+TEXT_DIRECTION = "\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069"
+# A file name holds no control character (TAB included), line break or text-direction character.
+CONTROL = re.compile(rf"[\x00-\x1f\x7f-\x9f\u2028\u2029{TEXT_DIRECTION}]")
 MIME_TYPES = {
     "pdf": "application/pdf",
     "doc": "application/msword",

@@ -88,10 +88,10 @@ class OptionsStore:
         """Call `listener` (in the thread that found it) whenever other options come into force."""
         self._listeners.append(listener)
 
-    def refresh(self, force: bool = False) -> None:
+    def refresh(self) -> None:
         """Look at the file, and at the node's snapshot while the file is invalid, if the check is due."""
         with self._lock:
-            if not force and time.monotonic() - self._checked < self._in_force.options.reload_interval:
+            if time.monotonic() - self._checked < self._in_force.options.reload_interval:
                 return
             try:
                 self._refresh()

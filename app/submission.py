@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from email_validator import EmailNotValidError, validate_email
 
-from app.attachments import Attachment, check_attachments
+from app.attachments import TEXT_DIRECTION, Attachment, check_attachments
 from app.errors import (
     BAD_USER_DATA_KEY,
     CONTROL_CHARACTER,
@@ -28,8 +28,8 @@ from app.options import Options, ServiceOptions
 from app.options_schema import mailbox_address
 
 # Anything that could end or bend a header line: C0 (but TAB), DEL, C1, Unicode line breaks, and the
-# format characters that reorder or hide text (bidi marks, embeddings, overrides and isolates).
-CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
+# format characters that reorder or hide text.
+CONTROL = re.compile(rf"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029{TEXT_DIRECTION}]")
 # In a userData value, which may hold line breaks and TABs (Widgets 9.x send textareas as userData): other C0, DEL, C1.
 VALUE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACE = r"(?:\t|[^\S\x00-\x1f\x7f-\x9f\u2028\u2029])"
