@@ -8,6 +8,7 @@ import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from app import metrics
 from app.errors import (
@@ -35,30 +36,32 @@ EXPECTED = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
 DELIVERY_TIMEOUTS = 3  # one delivery takes at most this many times [smtp] timeout
 
 
-def _too_large(envelope: Envelope, code: int | None) -> PermanentDeliveryError:
+def _too_large(envelope: Envelope, **where: Any) -> PermanentDeliveryError:
     problem = Problem(ATTACHMENTS_TOO_LARGE, "The message is larger than the mail server accepts.",
                       advice=envelope.max_size)
-    return PermanentDeliveryError([problem], reply_code=code)
+    return PermanentDeliveryError([problem], **where)
 
 
 def _refusal(stage: str, code: int, envelope: Envelope, text: bytes | str = b"") -> ApiError:
     """The error for a reply `code` (and its `text`) other than the expected one at `stage`."""
-    error: ApiError
-    if 400 <= code < 500:
-        error = TransientDeliveryError(code)
-    elif code == 552:
-        error = _too_large(envelope, code)
-    elif 500 <= code < 600 and stage == "RCPT":
-        problem = Problem(INVALID_MAILBOX, "The mail server refused the mailbox.", field="mailbox")
-        error = PermanentDeliveryError([problem], reply_code=code)
-    elif stage == "END" and not 500 <= code < 600:
-        error = TransientDeliveryError(code, ambiguous=True)
-    else:
-        problem = Problem(DELIVERY_REFUSED, f"The mail server refused the message at {stage} ({code}).")
-        error = PermanentDeliveryError([problem], reply_code=code)
     text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-    error.stage, error.reason = stage, f"{code} {text}".strip()
-    return error
+    where: dict[str, Any] = {"reply_code": code, "stage": stage, "reason": f"{code} {text}".strip()}
+    if 400 <= code < 500:
+        return TransientDeliveryError(**where)
+    if code == 552:
+        return _too_large(envelope, **where)
+    if 500 <= code < 600 and stage == "RCPT":
+        problem = Problem(INVALID_MAILBOX, "The mail server refused the mailbox.", field="mailbox")
+        return PermanentDeliveryError([problem], **where)
+    if stage == "END" and not 500 <= code < 600:
+        return TransientDeliveryError(ambiguous=True, **where)
+    problem = Problem(DELIVERY_REFUSED, f"The mail server refused the message at {stage} ({code}).")
+    return PermanentDeliveryError([problem], **where)
+
+
+def _socket_failure(exc: OSError, stage: str, *, ambiguous: bool = False) -> TransientDeliveryError:
+    """The error for a connection that failed at `stage`: refused, timed out, closed or cut off at its deadline."""
+    return TransientDeliveryError(ambiguous=ambiguous, stage=stage, reason=str(exc) or type(exc).__name__)
 
 
 @dataclass
@@ -79,25 +82,15 @@ def _open(smtp: SmtpOptions, helo: str, envelope: Envelope, deadline: float) -> 
         raise _refusal(exc.stage, exc.code, envelope, exc.text) from None
     except ssl.SSLCertVerificationError as exc:
         problem = Problem(DELIVERY_REFUSED, f"The mail server's certificate is not trusted: {exc.verify_message}.")
-        error = PermanentDeliveryError([problem])
-        error.stage, error.reason = "STARTTLS" if smtp.security == "starttls" else "connect", exc.verify_message
-        raise error from None
+        stage = "STARTTLS" if smtp.security == "starttls" else "connect"
+        raise PermanentDeliveryError([problem], stage=stage, reason=exc.verify_message) from None
     except smtplib.SMTPServerDisconnected as exc:
-        raise _unreachable(exc) from None
+        raise _socket_failure(exc, "connect") from None
     except smtplib.SMTPException as exc:  # the relay lacks STARTTLS or a usable AUTH method
         problem = Problem(DELIVERY_REFUSED, f"The mail server session could not be set up: {exc}.")
-        error = PermanentDeliveryError([problem])
-        error.stage, error.reason = "EHLO", str(exc)
-        raise error from None
+        raise PermanentDeliveryError([problem], stage="EHLO", reason=str(exc)) from None
     except OSError as exc:
-        raise _unreachable(exc) from None
-
-
-def _unreachable(exc: OSError) -> TransientDeliveryError:
-    """The error for a session that could not be opened: refused, timed out, or closed before it was set up."""
-    error = TransientDeliveryError()
-    error.stage, error.reason = "connect", str(exc) or type(exc).__name__
-    return error
+        raise _socket_failure(exc, "connect") from None
 
 
 def _envelope_replies(client: smtplib.SMTP, envelope: Envelope, reset: bool,
@@ -150,9 +143,7 @@ def _transaction(client: smtplib.SMTP, replies: list[tuple[str, int, bytes]], ch
     try:
         code, text = client.getreply()
     except OSError as exc:
-        error = TransientDeliveryError(ambiguous=True)
-        error.stage, error.reason = "END", str(exc) or type(exc).__name__
-        raise error from None
+        raise _socket_failure(exc, "END", ambiguous=True) from None
     if code != 250:
         raise _refusal("END", code, envelope, text)
 
@@ -178,7 +169,7 @@ def _check_size(client: smtplib.SMTP, envelope: Envelope) -> None:
     """Refuse, before any command, a message larger than the relay's advertised SIZE limit (RFC 1870)."""
     limit = client.esmtp_features.get("size", "")
     if limit.isdigit() and 0 < int(limit) < envelope.size:
-        raise _too_large(envelope, None)
+        raise _too_large(envelope, stage="MAIL", reason=f"over the relay's SIZE limit of {limit} bytes")
 
 
 def deliver(email: OutgoingEmail, smtp: SmtpOptions) -> None:
@@ -204,10 +195,11 @@ def _log_failure(error: ApiError, email: OutgoingEmail, smtp: SmtpOptions) -> No
     relay, stage = f"{smtp.host}:{smtp.port}", error.stage or "unknown"
     metrics.DELIVERY_FAILURES.labels(stage, error.outcome).inc()
     metrics.RELAY_UP.set(0 if stage == "connect" and error.reply_code is None else 1)
+    ambiguous = error.outcome == "ambiguous"
     what = ("the end of DATA was sent but no reply came; the relay may have it (ambiguous)"
-            if getattr(error, "ambiguous", False) else f"{error.outcome} at {stage}")
+            if ambiguous else f"{error.outcome} at {stage}")
     log.warning("delivery of %s to relay %s failed: %s: %s", email.interaction_id, relay, what, error.reason,
-                extra={"fields": {"event": "ambiguous" if getattr(error, "ambiguous", False) else "delivery_failed",
+                extra={"fields": {"event": "ambiguous" if ambiguous else "delivery_failed",
                                   "interaction_id": email.interaction_id, "relay": relay, "stage": stage,
                                   "outcome": error.outcome, "smtp_reply": error.reply_code, "reason": error.reason}})
 
@@ -241,14 +233,12 @@ def _deliver(chunks: Iterable[bytes], envelope: Envelope, smtp: SmtpOptions) -> 
             _check_size(client, envelope)
             replies = _envelope_replies(client, envelope, False, progress)
         if client.sock is None:
-            raise TransientDeliveryError()
+            raise smtplib.SMTPServerDisconnected("the relay closed the connection")
         with DEADLINES.cut_off(client.sock, deadline):  # the message's writes too, however slowly the relay reads
             _transaction(client, replies, chunks, envelope, progress)
     except OSError as exc:  # smtplib's errors too: the connection broke before the end of DATA was sent
         close_kept_session()
-        error = TransientDeliveryError()
-        error.stage, error.reason = progress.stage, str(exc) or type(exc).__name__
-        raise error from None
+        raise _socket_failure(exc, progress.stage) from None
     except BaseException:
         close_kept_session()
         raise

@@ -74,15 +74,15 @@ class ApiError(Exception):
 
     status_code = 2
     outcome = "rejected"
-    stage: str | None = None  # a delivery failure's SMTP stage (connect, greeting, EHLO, ..., MAIL, RCPT, DATA, END)
-    reason: str | None = None  # the relay's reply, or the socket error
 
     def __init__(self, problems: list[Problem], *, headers: dict[str, str] | None = None,
-                 reply_code: int | None = None) -> None:
+                 reply_code: int | None = None, stage: str | None = None, reason: str | None = None) -> None:
         super().__init__("; ".join(p.message for p in problems))
         self.problems = problems
         self.headers = headers or {}
         self.reply_code = reply_code
+        self.stage = stage  # a delivery failure's SMTP stage (connect, greeting, EHLO, ..., MAIL, RCPT, DATA, END)
+        self.reason = reason  # the relay's reply, or the socket error
 
     @classmethod
     def single(cls, code: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> ApiError:
@@ -114,8 +114,9 @@ class TransientDeliveryError(ApiError):
 
     status_code = 1
 
-    def __init__(self, reply_code: int | None = None, *, ambiguous: bool = False) -> None:
-        super().__init__([], reply_code=reply_code)
+    def __init__(self, reply_code: int | None = None, *, ambiguous: bool = False, stage: str | None = None,
+                 reason: str | None = None) -> None:
+        super().__init__([], reply_code=reply_code, stage=stage, reason=reason)
         self.message = RETRY_LATER
         self.ambiguous = ambiguous
         self.outcome = "ambiguous" if ambiguous else "retry"
