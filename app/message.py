@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from email import policy
 from email.charset import QP, Charset
-from email.header import Header
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage, Message
 from email.utils import format_datetime, localtime, quote
@@ -92,18 +91,15 @@ class _FoldedHeader(str):
         return f"{self.name}: {self.wire}{policy.linesep}"
 
 
-def _encoded_words(name: str, text: str) -> str:
-    return Header(text, "utf-8", header_name=name).encode(linesep="\r\n")
-
-
 def _fits_as_written(name: str, text: str) -> bool:
     """Whether the header is ASCII and fits one 78-column line, so it needs no encoding or folding."""
     return text.isascii() and len(name) + 2 + len(text) <= 78
 
 
-def _exact_encoded_words(text: str) -> str:
-    """Encoded words of at most ENCODED_WORD_BYTES bytes each, one per folded line. Unlike email.header.Header,
-    which breaks text at its line breaks, a decoder joins them back to exactly `text`, line breaks and all."""
+def _encoded_words(text: str) -> str:
+    """Encoded words of at most ENCODED_WORD_BYTES bytes each, one per folded line, every character encoded that
+    a phrase cannot hold. Unlike email.header.Header, which breaks text at its line breaks, a decoder joins them
+    back to exactly `text`, line breaks and all."""
     words, piece = [], ""
     for character in text:
         if len((piece + character).encode()) > ENCODED_WORD_BYTES:
@@ -117,7 +113,7 @@ def _exact_encoded_words(text: str) -> str:
 def _add_text_header(message: EmailMessage, name: str, text: str) -> None:
     """Add an unstructured header; only a userData value may hold line breaks (and TABs), never other controls."""
     if "=?" in text or "\r" in text or "\n" in text:
-        message[name] = _FoldedHeader(name, text, _exact_encoded_words(text))
+        message[name] = _FoldedHeader(name, text, _encoded_words(text))
     elif _fits_as_written(name, text):
         message[name] = _FoldedHeader(name, text, text)
     else:
@@ -167,7 +163,7 @@ def _from_header(display_name: str, address: str) -> _FoldedHeader:
     folded under 78 columns (a name full of quotes or backslashes doubles in length when quoted)."""
     wire = f'"{quote(display_name)}" <{address}>'
     if not display_name.isascii() or "=?" in display_name or len("From: ") + len(wire) > MAX_LINE:
-        wire = f"{_encoded_words('From', display_name)} <{address}>"
+        wire = f"{_encoded_words(display_name)} <{address}>"
     return _FoldedHeader("From", f"{display_name} <{address}>", wire)
 
 
