@@ -46,7 +46,7 @@ def test_widgets_9_urlencoded_send_reads_success_from_the_json_interaction_id(wi
 
 @pytest.mark.parametrize("value", (
     "a\r\nb", "a\nb", "a\rb", "tab\there", "\r\n\r\nblank lines\r\n", "ünïcödé\nzeile", "=?utf-8?q?x?=\nlooks encoded",
-    "x" * 4000 + "\n" + "y" * 90,
+    "x" * 4000 + "\n" + "y" * 90, "line\u2028separator", "para\u2029separator", "right\u200fto\u202eleft",
 ))
 def test_multi_line_user_data_reads_back_exactly_within_998_octets(submit, smtp_server, value):
     assert submit(extra=[("userData", f"key={value}")]).get_json()["statusCode"] == 0

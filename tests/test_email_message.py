@@ -154,3 +154,12 @@ def test_longest_names_fold_without_ending_the_header_block(submit, smtp_server,
     assert email.get_content() == "Hello,\r\nmy invoice is wrong.\r\n"
     display_name, address = parseaddr(str(make_header(decode_header(raw_header(received.raw, "From")))))
     assert (display_name, address) == (f"{first} {last}", "ana@example.com")
+
+
+@pytest.mark.parametrize("length", (58, 65, 70, 73, 77))
+def test_values_just_over_one_line_read_back_without_a_leading_space(submit, smtp_server, length):
+    """The email package moves such a value whole onto a second line, which its parser reads back with a space."""
+    value = ("ab cd " * 20)[:length].strip()
+    assert submit(subject=value, extra=[("userData", f"key={value}")]).get_json()["statusCode"] == 0
+    email = smtp_server.messages[0].email
+    assert email["Subject"] == value and email["X-Genesys-User-Data"] == f"key={value}"
