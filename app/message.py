@@ -150,6 +150,15 @@ def _set_text(message: EmailMessage, text: str) -> None:
     message.set_payload(body)
 
 
+def _details(submission: Submission, interaction_id: str) -> str:
+    """The block `[email] details_in_body` adds after the text, for agents whose mail client hides X- headers."""
+    lines = ["", "", "---- Details from the contact form ----", f"Service: {submission.service}",
+             f"Interaction ID: {interaction_id}"]
+    for key, value in submission.user_data:
+        lines.append(f"{key}: " + "\n    ".join(LINE_END.split(value)))
+    return "\n".join(lines) + "\n"
+
+
 _date_cache: tuple[int, str] = (0, "")
 
 
@@ -232,7 +241,8 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
     for name, text in fields:
         if text or name not in ("Sender", "X-Genesys-Tenant"):  # these two only when configured
             message[name] = header(name, text)
-    _set_text(message, submission.text)
+    text = submission.text + (_details(submission, interaction_id) if service.details_in_body else "")
+    _set_text(message, text)
     envelope = Envelope(helo, smtp.envelope_from or submission.mailbox, submission.mailbox, service.max_size)
     outgoing = OutgoingEmail(interaction_id, message, envelope)
     for attachment in submission.attachments:

@@ -47,6 +47,7 @@ class ServiceOptions:
     file_types: tuple[str, ...]
     allowed_mailboxes: tuple[str, ...]
     check_file_content: bool
+    details_in_body: bool
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ EMAIL_KEYS = {
     "file_types": ("extensions", "", "list({})".format(", ".join(f'"{t}"' for t in DEFAULT_FILE_TYPES))),
     "allowed_mailboxes": ("mailbox_patterns", "", "list()"),
     "check_file_content": ("boolean", "", "True"),
+    "details_in_body": ("boolean", "", "False"),
 }
 OTHER_SECTIONS_SPEC = """
 [smtp]

@@ -163,3 +163,23 @@ def test_values_just_over_one_line_read_back_without_a_leading_space(submit, smt
     assert submit(subject=value, extra=[("userData", f"key={value}")]).get_json()["statusCode"] == 0
     email = smtp_server.messages[0].email
     assert email["Subject"] == value and email["X-Genesys-User-Data"] == f"key={value}"
+
+
+def test_details_in_body_is_off_by_default(submit, smtp_server):
+    submit(extra=[("userData", "order=A-17")])
+    assert smtp_server.messages[0].email.get_content() == "Hello,\r\nmy invoice is wrong.\r\n"
+
+
+def test_details_in_body_lists_the_service_interaction_and_every_pair_after_the_text(
+        options_file, submit, smtp_server):
+    options_file.write(email__support={"details_in_body": "true"})
+    answer = submit(service="support", extra=[("userData", "order=A-17"), ("userData", "note=line one\r\nline two"),
+                                              ("userData[Счёт]", "№5")])
+    interaction_id = answer.get_json()["interactionId"]
+    email = smtp_server.messages[0].email
+    assert email.get_content() == (
+        "Hello,\r\nmy invoice is wrong.\r\n\r\n---- Details from the contact form ----\r\nService: support\r\n"
+        f"Interaction ID: {interaction_id}\r\norder: A-17\r\nnote: line one\r\n    line two\r\nСчёт: №5\r\n")
+    assert email.get_all("X-Genesys-User-Data") == ["order=A-17", "note=line one\r\nline two", "Счёт=№5"]
+    assert submit(service="sales").get_json()["statusCode"] == 0  # another service keeps [email]'s default
+    assert "Details" not in smtp_server.messages[1].email.get_content()
