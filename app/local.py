@@ -1,4 +1,5 @@
-"""Run the service on this machine with an embedded SMTP server that keeps every email in a Maildir."""
+"""Run the service on this machine with an embedded SMTP server that keeps every email in a Maildir, shown at
+/mailbox/; or, with --relay, delivering to a real relay (Mailpit, Postfix, the contact center's)."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,9 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from flask import Response
+from flask import Flask, Response
 
-from app import create_app
+from app import create_app, mailbox_view
 from app.options import OptionsError
 
 log = logging.getLogger("app.local")
@@ -36,8 +37,10 @@ class MaildirHandler:
         self.path = path
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        """Store the message and accept it."""
-        key = self.maildir.add(envelope.original_content or b"")
+        """Store the message, under the envelope's headers as a delivering server writes them, and accept it."""
+        delivered = "".join(f"Delivered-To: {rcpt}\r\n" for rcpt in envelope.rcpt_tos)
+        key = self.maildir.add(f"Return-Path: <{envelope.mail_from}>\r\n{delivered}".encode()
+                               + (envelope.original_content or b""))
         log.info("stored an email from %s to %s: %s", envelope.mail_from, ", ".join(envelope.rcpt_tos),
                  self.path / "new" / key)
         return "250 Message accepted for delivery"
@@ -51,30 +54,55 @@ def service_version() -> str:
         return "unknown (not installed)"
 
 
+def relay_address(text: str) -> tuple[str, int]:
+    """HOST:PORT (or [IPv6]:PORT) as --relay takes it."""
+    host, colon, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, such as localhost:1025, not {text!r}")
+    return host, int(port)
+
+
+def local_app(options: str | None, maildir: Path, relay: tuple[str, int] | None = None) -> Flask:
+    """The service with the local run's own pages: the example form at / and the captured mail at /mailbox/."""
+    app = create_app(options, relay)
+    app.add_url_rule("/", view_func=contact_form)
+    mailbox_view.register(app, maildir, f"{relay[0]}:{relay[1]}" if relay else "")
+    return app
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Start the embedded SMTP server where [smtp] points, then the service on --host:--port."""
+    """Start the embedded SMTP server where [smtp] points (unless --relay), then the service on --host:--port."""
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--maildir", type=Path, default=Path("maildir"))
     parser.add_argument("--options", help="options file (default: $OPTIONS_FILE or options.ini)")
+    parser.add_argument("--relay", type=relay_address, metavar="HOST:PORT",
+                        help="deliver to this SMTP relay (the rest of [smtp] still applies) instead of the "
+                             "embedded server")
     parser.add_argument("--version", action="version", version=f"%(prog)s {service_version()}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
-        app = create_app(args.options)
+        app = local_app(args.options, args.maildir, args.relay)
     except OptionsError as error:
         print("The service cannot start: options.ini has problems:", *error.problems, sep="\n  ", file=sys.stderr)
         return 1
-    app.add_url_rule("/", view_func=contact_form)
-    smtp = app.extensions["options"].current().smtp
-    controller = Controller(MaildirHandler(args.maildir), hostname=smtp.host, port=smtp.port)
-    controller.start()
-    log.info("embedded SMTP server on %s:%d stores emails in %s/new", smtp.host, smtp.port, args.maildir)
-    log.info("the example contact form is at http://%s:%d/", args.host, args.port)
+    controller = None
+    if args.relay is None:
+        smtp = app.extensions["options"].current().smtp
+        controller = Controller(MaildirHandler(args.maildir), hostname=smtp.host, port=smtp.port)
+        controller.start()
+        log.info("embedded SMTP server on %s:%d stores emails in %s/new", smtp.host, smtp.port, args.maildir)
+    else:
+        log.info("delivering to the relay %s:%d (no embedded SMTP server)", *args.relay)
+    log.info("the example contact form is at http://%s:%d/, the mailbox at http://%s:%d/mailbox/",
+             args.host, args.port, args.host, args.port)
     try:
         app.run(host=args.host, port=args.port, threaded=True)
     finally:
-        controller.stop()
+        if controller is not None:
+            controller.stop()
     return 0

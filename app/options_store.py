@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.metrics import OPTIONS_VERSION, RELOADS
@@ -45,8 +45,9 @@ class OptionsStore:
     An edit that does not validate is refused and logged; the newest good options of the node stay in force.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, relay: tuple[str, int] | None = None) -> None:
         self.path = Path(path)
+        self.relay = relay  # (host, port) in place of [smtp]'s: the local run's --relay
         self.snapshot = NodeSnapshot(self.path)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
@@ -66,7 +67,7 @@ class OptionsStore:
             if version is None:
                 self._signature = None  # read again at the first check
             in_force = InForce(options, version or 0, digest)
-        self._in_force = in_force
+        self._in_force = self._with_relay(in_force)
         self._checked = time.monotonic()
         self._published_in = 0  # the process that last set the version gauge
         _watch(self)
@@ -136,8 +137,14 @@ class OptionsStore:
             return None
         return InForce(options, int(record["version"]), record["digest"])
 
+    def _with_relay(self, in_force: InForce) -> InForce:
+        if self.relay is None:
+            return in_force
+        smtp = replace(in_force.options.smtp, host=self.relay[0], port=self.relay[1])
+        return replace(in_force, options=replace(in_force.options, smtp=smtp))
+
     def _adopt(self, in_force: InForce, how: str) -> None:
-        self._in_force = in_force
+        self._in_force = self._with_relay(in_force)
         self._publish_version()
         log.info("options %s from %s (version %d)", how, self.path, in_force.version,
                  extra={"fields": {"event": "options_reload", "result": "ok", "version": in_force.version}})

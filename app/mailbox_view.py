@@ -1,0 +1,137 @@
+"""The local run's mailbox: every email its embedded SMTP server kept, shown as the contact center receives it.
+
+Registered by `python -m app` only, never by wsgi:app. Pages are Jinja templates (every value escaped) under a
+Content-Security-Policy that runs no script, since an email's every byte came from a stranger.
+"""
+from __future__ import annotations
+
+import mailbox
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from io import BytesIO
+from pathlib import Path
+
+from flask import Blueprint, Flask, Response, abort, current_app, render_template, send_file
+
+bp = Blueprint("mailbox", __name__, url_prefix="/mailbox", template_folder="templates")
+PARSER = BytesParser(policy=policy.default)
+LISTED = 500  # the newest emails the list shows
+
+
+@dataclass
+class File:
+    """An attached file: its position (from 1), name, type and bytes."""
+
+    number: int
+    name: str
+    content_type: str
+    content: bytes
+
+
+@dataclass
+class Captured:
+    """One email in the Maildir: its key, when it arrived, its bytes and its parsed form."""
+
+    key: str
+    received: datetime
+    raw: bytes
+    email: EmailMessage
+
+    @property
+    def id(self) -> str:
+        """The interaction id, which the client was given; the Maildir key for an email without one."""
+        return str(self.email.get("X-Genesys-Interaction-Id") or self.key)
+
+    @property
+    def attachments(self) -> list[File]:
+        """The attached files, in order."""
+        files = []
+        for number, part in enumerate(self.email.iter_attachments(), 1):
+            content = part.get_payload(decode=True)
+            files.append(File(number, part.get_filename() or f"attachment-{number}", part.get_content_type(),
+                              content if isinstance(content, bytes) else b""))
+        return files
+
+    @property
+    def user_data(self) -> list[tuple[str, str]]:
+        """The userData pairs, decoded, in request order."""
+        return [tuple(str(value).partition("=")[::2])  # type: ignore[misc]
+                for value in self.email.get_all("X-Genesys-User-Data") or []]
+
+    @property
+    def text(self) -> str:
+        """The body's text, as an agent reads it."""
+        body = self.email.get_body(("plain",))
+        return str(body.get_content()) if body is not None else ""
+
+
+def register(app: Flask, maildir: Path, relay: str = "") -> None:
+    """Serve the Maildir at /mailbox/; `relay` names where email goes instead, when it is not captured here."""
+    app.config["MAILDIR"], app.config["RELAY"] = maildir, relay
+    app.register_blueprint(bp)
+
+
+def _maildir() -> mailbox.Maildir:
+    return mailbox.Maildir(current_app.config["MAILDIR"], factory=None, create=True)
+
+
+def _captured(box: mailbox.Maildir, key: str) -> Captured:
+    raw = box.get_bytes(key)
+    received = datetime.fromtimestamp(box.get_message(key).get_date())
+    return Captured(key, received, raw, PARSER.parsebytes(raw))
+
+
+def _find(email_id: str) -> Captured:
+    box = _maildir()
+    if email_id in box:
+        return _captured(box, email_id)
+    for key in box.iterkeys():
+        captured = _captured(box, key)
+        if captured.id == email_id:
+            return captured
+    abort(404)
+
+
+@bp.after_request
+def no_scripts(response: Response) -> Response:
+    """Every page and file of the mailbox: no script runs, nothing is sniffed, nothing is framed."""
+    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/")
+def index() -> str:
+    """The captured emails, newest first."""
+    box = _maildir()
+    emails = sorted((_captured(box, key) for key in box.iterkeys()), key=lambda c: c.received, reverse=True)
+    return render_template("mailbox/list.html", emails=emails[:LISTED], total=len(emails),
+                           maildir=current_app.config["MAILDIR"], relay=current_app.config["RELAY"])
+
+
+@bp.get("/<email_id>")
+def show(email_id: str) -> str:
+    """One email: its headers, decoded userData pairs, text, attachments and source."""
+    captured = _find(email_id)
+    return render_template("mailbox/email.html", captured=captured, email=captured.email,
+                           source=captured.raw.decode("ascii", "replace"))
+
+
+@bp.get("/<email_id>/raw")
+def raw(email_id: str) -> Response:
+    """The email as it was received, byte for byte."""
+    return Response(_find(email_id).raw, content_type="text/plain; charset=us-ascii")
+
+
+@bp.get("/<email_id>/attachments/<int:number>")
+def attachment(email_id: str, number: int) -> Response:
+    """The attachment at position `number` (from 1), downloaded under its own name."""
+    attachments = _find(email_id).attachments
+    if not 1 <= number <= len(attachments):
+        abort(404)
+    file = attachments[number - 1]
+    return send_file(BytesIO(file.content), as_attachment=True, download_name=file.name, mimetype=file.content_type)

@@ -1,0 +1,144 @@
+"""The local run (`python -m app`): its embedded SMTP server, the mailbox pages at /mailbox/, and --relay."""
+from __future__ import annotations
+
+import html
+import json
+import re
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from support import GOOD_FORM, PDF, free_port, multipart, wait_for_port
+
+from app import create_app
+from app.local import MaildirHandler, local_app, relay_address
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def maildir(tmp_path, options_file):
+    """The embedded SMTP server of the local run, keeping mail in a Maildir, where [smtp] points."""
+    folder = tmp_path / "maildir"
+    controller = Controller(MaildirHandler(folder), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    options_file.write(smtp={"port": str(controller.port)})
+    yield folder
+    controller.stop()
+
+
+@pytest.fixture
+def local(maildir, options_file):
+    """A test client of the local run's app."""
+    return local_app(str(options_file.path), maildir).test_client()
+
+
+def send(client, files=(), extra=(), **changes):
+    """Post the known-good form, changed; the interaction id of the answer."""
+    body, content_type = multipart([*{**GOOD_FORM, **changes}.items(), *extra, *(("files", f) for f in files)])
+    answer = client.post("/genesys/2/email/support", data=body, content_type=content_type).get_json()
+    assert answer["statusCode"] == 0, answer
+    return answer["interactionId"]
+
+
+def rows(page: str) -> list[list[str]]:
+    """The cells of the list's table body, as text."""
+    body = page.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+    return [[html.unescape(re.sub(r"<[^>]+>", "", cell)).strip() for cell in row] for row in cells]
+
+
+def test_the_mailbox_lists_the_captured_emails_newest_first(local):
+    assert "No email yet" in local.get("/mailbox/").text
+    first = send(local, subject="First question")
+    second = send(local, subject="Second question", firstName="Zoë", files=[("invoice.pdf", PDF)])
+    [newest, oldest] = rows(local.get("/mailbox/").text)
+    assert newest[1:] == ["Zoë Lee <ana@example.com>", "Second question", second, "1"]
+    assert oldest[1:] == ["Ana Lee <ana@example.com>", "First question", first, "0"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", newest[0])
+
+
+def test_one_email_shows_its_headers_user_data_text_attachments_and_source(local, maildir):
+    interaction_id = send(local, files=[("invoice.pdf", PDF)],
+                          extra=[("userData", "order=A-17"), ("userData", "note=line one\r\nline two"),
+                                 ("userData[Счёт]", "№5 <b>")])
+    page = local.get(f"/mailbox/{interaction_id}")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    text = html.unescape(page.text)
+    for shown in ("Ana Lee <ana@example.com>", "support@example.com", "Invoice question", interaction_id,
+                  "Return-Path", "Hello,\r\nmy invoice is wrong.", "invoice.pdf", "application/pdf"):
+        assert shown in text
+    pairs = re.findall(r'<td class="key">(.*?)</td><td class="value">(.*?)</td>',
+                       page.text.split('id="user-data"', 1)[1].split("</table>", 1)[0], re.S)
+    assert [(html.unescape(k), html.unescape(v)) for k, v in pairs] == [
+        ("order", "A-17"), ("note", "line one\r\nline two"), ("Счёт", "№5 <b>")]
+    download = local.get(f"/mailbox/{interaction_id}/attachments/1")
+    assert download.data == PDF and download.mimetype == "application/pdf"
+    assert download.headers["Content-Disposition"] == "attachment; filename=invoice.pdf"
+    [stored] = (maildir / "new").iterdir()
+    assert local.get(f"/mailbox/{interaction_id}/raw").data == stored.read_bytes()
+    assert local.get(f"/mailbox/{stored.name}").status_code == 200  # by Maildir key, too
+
+
+def test_a_strangers_markup_is_shown_as_text_and_runs_nothing(local):
+    interaction_id = send(local, subject="<script>alert(1)</script>", text="<img src=x onerror=alert(2)>",
+                          extra=[("userData", "k=<iframe src=//evil>")])
+    for path in ("/mailbox/", f"/mailbox/{interaction_id}"):
+        page = local.get(path)
+        assert "<script>" not in page.text and "<img" not in page.text and "<iframe" not in page.text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+        assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert page.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_an_unknown_email_or_attachment_is_404(local):
+    interaction_id = send(local)
+    for path in ("/mailbox/NOSUCHEMAIL00000", f"/mailbox/{interaction_id}/attachments/1", "/mailbox/../x"):
+        assert local.get(path).status_code == 404
+
+
+def test_the_mailbox_is_never_served_by_the_production_app(options_file, maildir):
+    assert create_app(options_file.path).test_client().get("/mailbox/").status_code == 404
+    assert "mailbox" not in (ROOT / "wsgi.py").read_text()
+
+
+def test_relay_sends_to_another_server_than_smtp_names(options_file, maildir, smtp_server):
+    client = local_app(str(options_file.path), maildir, relay=("127.0.0.1", smtp_server.port)).test_client()
+    interaction_id = send(client)
+    assert smtp_server.messages[0].email["X-Genesys-Interaction-Id"] == interaction_id
+    assert not (maildir / "new").exists() or not any((maildir / "new").iterdir())
+    assert "delivers to the relay 127.0.0.1:" in client.get("/mailbox/").text
+
+
+@pytest.mark.parametrize(("text", "address"), (("localhost:1025", ("localhost", 1025)), ("[::1]:25", ("::1", 25)),
+                                               ("mail.example.com:587", ("mail.example.com", 587))))
+def test_relay_takes_host_and_port(text, address):
+    assert relay_address(text) == address
+
+
+@pytest.mark.parametrize("text", ("localhost", ":25", "host:0", "host:70000", "host:smtp"))
+def test_a_bad_relay_is_refused_before_anything_starts(text):
+    result = subprocess.run([sys.executable, "-m", "app", "--relay", text], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "expected HOST:PORT" in result.stderr
+
+
+def test_python_m_app_relay_delivers_to_that_relay(options_file, smtp_server, tmp_path):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), "--options", str(options_file.path),
+                               "--maildir", str(tmp_path / "unused"), "--relay", f"127.0.0.1:{smtp_server.port}"],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, server)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/genesys/2/email/support",
+                                         urllib.parse.urlencode(GOOD_FORM).encode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())["statusCode"] == 0
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=10)[1]
+    assert len(smtp_server.messages) == 1
+    assert f"delivering to the relay 127.0.0.1:{smtp_server.port}" in log
