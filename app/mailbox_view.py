@@ -110,7 +110,7 @@ def index() -> str:
     box = _maildir()
     emails = sorted((_captured(box, key) for key in box.iterkeys()), key=lambda c: c.received, reverse=True)
     return render_template("mailbox/list.html", emails=emails[:LISTED], total=len(emails),
-                           maildir=current_app.config["MAILDIR"], relay=current_app.config["RELAY"])
+                           relay=current_app.config["RELAY"])
 
 
 @bp.get("/<email_id>")

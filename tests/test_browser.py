@@ -1,17 +1,22 @@
 """The example contact form in a real browser (Debian's Chromium driven by Playwright), served from
-another origin than the API, so that CORS is real."""
+another origin than the API, so that CORS is real; and the local run's mailbox pages."""
 from __future__ import annotations
 
 import functools
 import http.server
+import json
 import re
 import shutil
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
-from support import GOOD_FORM, PDF, PNG, free_port
+from aiosmtpd.controller import Controller
+from support import GOOD_FORM, PDF, PNG, free_port, multipart
 from werkzeug.serving import make_server
+
+from app.local import MaildirHandler, local_app
 
 ROOT = Path(__file__).parent.parent
 CHROMIUM = shutil.which("chromium")
@@ -192,3 +197,57 @@ def test_widgets_9_send_from_another_origin_with_contact_center_id_and_a_textare
     assert email["X-Genesys-Interaction-Id"] == answer["interactionId"]
     # the browser sends a textarea's line ends as CRLF in multipart: the value arrives as the browser sent it
     assert email.get_all("X-Genesys-User-Data") == ["note=" + note.replace("\n", "\r\n"), "ccid=cc-4711"]
+
+
+@pytest.fixture
+def local_run(options_file, tmp_path):
+    """The local run its embedded SMTP server keeping a Maildir, the form at /, the mail at /mailbox/."""
+    controller = Controller(MaildirHandler(tmp_path / "maildir"), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    options_file.write(smtp={"port": str(controller.port)})
+    server = make_server("127.0.0.1", free_port(), local_app(str(options_file.path), tmp_path / "maildir"),
+                         threaded=True)
+    serve_in_thread(server)
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    controller.stop()
+
+
+def test_the_mailbox_shows_what_the_contact_center_receives(browser, local_run, tmp_path):
+    """A developer posts a form with userData and a file, sends another from the example form, and reads both."""
+    body, content_type = multipart([*GOOD_FORM.items(), ("userData", "order=A-17"),
+                                    ("userData", "note=Arrived broken\r\nsee the photo"), ("userData[Счёт]", "№5"),
+                                    ("files", ("invoice.pdf", PDF))])
+    request = urllib.request.Request(f"{local_run}/genesys/2/email/support", body, {"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        first = json.loads(response.read())["interactionId"]
+    context = browser.new_context(viewport={"width": 1100, "height": 700}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(f"{local_run}/")
+    fill(page, firstName="Zoë", subject="Second question")
+    page.click("button[type=submit]")
+    page.locator("#notice").filter(has_text="Thank you").wait_for()
+    second = re.search(r"reference is ([0-9A-Z]{16})", page.inner_text("#notice"))[1]
+
+    page.goto(f"{local_run}/mailbox/")
+    cells = page.locator("#emails tbody tr").evaluate_all("rows => rows.map(r => [...r.cells].map(c => c.innerText))")
+    assert [row[1:] for row in cells] == [["Zoë Lee <ana@example.com>", "Second question", second, "0"],
+                                          ["Ana Lee <ana@example.com>", "Invoice question", first, "1"]]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "mailbox-list.png"), full_page=True)
+
+    page.click("text=Invoice question")
+    page.wait_for_url(f"{local_run}/mailbox/{first}")
+    pairs = page.locator("#user-data tr").evaluate_all(
+        "rows => rows.slice(1).map(r => [...r.cells].map(c => c.innerText))")
+    assert pairs == [["order", "A-17"], ["note", "Arrived broken\nsee the photo"], ["Счёт", "№5"]]
+    assert page.inner_text("#text") == "Hello,\nmy invoice is wrong.\n"
+    page.screenshot(path=str(SCREENSHOTS / "mailbox-email.png"), full_page=True)
+    with page.expect_download() as download:
+        page.click("#attachments a")
+    assert download.value.suggested_filename == "invoice.pdf"
+    assert Path(download.value.path()).read_bytes() == PDF
+    page.click("text=Show the source")
+    assert f"X-Genesys-Interaction-Id: {first}" in page.inner_text("#source")
+    context.close()

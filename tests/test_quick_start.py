@@ -1,5 +1,6 @@
 """The README's Quick start, as a newcomer on Debian runs it: Debian's own python3, no `python` command, a
-system pip that refuses to install (PEP 668). The first command from a fresh clone must serve a form."""
+system pip that refuses to install (PEP 668). The first command from a fresh clone must serve a form and
+show the email it sent at /mailbox/."""
 from __future__ import annotations
 
 import json
@@ -50,10 +51,17 @@ def test_the_first_command_serves_a_form_with_debians_python3(tmp_path):
                                          urllib.parse.urlencode(GOOD_FORM).encode())
         with urllib.request.urlopen(request, timeout=30) as response:
             answer = json.loads(response.read())
+        mailbox = f"http://127.0.0.1:{port}/mailbox/"
+        with urllib.request.urlopen(mailbox, timeout=30) as response:
+            listed = response.read().decode()
+        with urllib.request.urlopen(mailbox + answer["interactionId"], timeout=30) as response:
+            shown = response.read().decode()
     finally:
         os.killpg(server.pid, 15)
         log = server.communicate(timeout=60)[1]
     assert answer["statusCode"] == 0, log[-3000:]
     stored = [path.read_bytes() for path in (clone / "maildir" / "new").iterdir()]
     assert len(stored) == 1 and answer["interactionId"].encode() in stored[0]
+    assert answer["interactionId"] in listed and GOOD_FORM["subject"] in listed  # the newcomer sees it at /mailbox/
+    assert GOOD_FORM["subject"] in shown and "X-Genesys-Interaction-Id" in shown
     assert (clone / ".venv" / "bin" / "python").exists()
