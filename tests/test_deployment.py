@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
+import trustme
 from support import GOOD_FORM, PDF, PNG, LineWatcher, free_port, hostile_corpus, metric, multipart, wait_for_port
 
 ROOT = Path(__file__).parent.parent
@@ -92,6 +94,8 @@ class Chain:
         self.maildir = root / "postfix" / "mail" / "maildir"
         self.options = root / "options.ini"
         self.smtp_port, self.gunicorn_port, self.nginx_port = free_port(), free_port(), free_port()
+        self.tls_port = free_port()
+        self.tls_context: ssl.SSLContext | None = None
 
     def write_options(self, sales_max_files: int = 3, smtp_port: int | None = None, timeout: float = 10) -> None:
         temporary = self.options.with_suffix(".tmp")
@@ -106,8 +110,13 @@ class Chain:
         os.replace(temporary, self.options)
 
     def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-                source: str = "127.0.0.1") -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.nginx_port, timeout=60, source_address=(source, 0))
+                source: str = "127.0.0.1", tls: bool = False) -> tuple[int, bytes]:
+        if tls:
+            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                "127.0.0.1", self.tls_port, timeout=60, context=self.tls_context)
+        else:
+            connection = http.client.HTTPConnection("127.0.0.1", self.nginx_port, timeout=60,
+                                                    source_address=(source, 0))
         try:
             connection.request(method, path, body, headers or {})
             response = connection.getresponse()
@@ -192,6 +201,13 @@ def chain():
     site = (ROOT / "deploy" / "nginx.conf").read_text()
     site = site.replace("listen 80;", f"listen 127.0.0.1:{chain.nginx_port};")
     site = site.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{chain.gunicorn_port};")
+    authority = trustme.CA()  # in place of Debian's snakeoil pair, which a test machine may not have
+    authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(chain.root / "tls.pem"))
+    chain.tls_context = ssl.create_default_context()
+    authority.configure_trust(chain.tls_context)
+    site = site.replace("listen 443 ssl;", f"listen 127.0.0.1:{chain.tls_port} ssl;")
+    site = site.replace("/etc/ssl/certs/ssl-cert-snakeoil.pem", str(chain.root / "tls.pem"))
+    site = site.replace("/etc/ssl/private/ssl-cert-snakeoil.key", str(chain.root / "tls.pem"))
     (chain.root / "site.conf").write_text(site)
     (chain.root / "nginx.conf").write_text(NGINX_MAIN.format(root=chain.root))
     subprocess.run(["nginx", "-t", "-q", "-c", str(chain.root / "nginx.conf")], check=True)
@@ -215,6 +231,20 @@ def test_three_attachments_land_in_the_maildir_byte_identical(chain):
     assert [(p.get_filename(), p.get_payload(decode=True)) for p in email.iter_attachments()] == files
     assert email["X-Genesys-User-Data"] == "order=A-17"
     assert email["Message-ID"] == f"<{answer['interactionId']}@node1.test>"
+
+
+def test_a_browser_posting_over_https_is_served_as_https(chain):
+    """TLS ends at nginx; the service learns the scheme from X-Forwarded-Proto, so a form served from its own
+    https origin is same-origin there, and the same Origin over plain http is foreign."""
+    body, content_type = multipart(list(GOOD_FORM.items()))
+    own = {"Content-Type": content_type, "Origin": f"https://127.0.0.1:{chain.tls_port}"}
+    status, answer = chain.request("POST", "/genesys/2/email/support", body, own, tls=True)
+    assert (status, json.loads(answer)["statusCode"]) == (200, 0)
+    chain.delivered({json.loads(answer)["interactionId"]})
+    claimed = {"Content-Type": content_type, "Origin": f"https://127.0.0.1:{chain.nginx_port}",
+               "X-Forwarded-Proto": "https"}  # plain http, a client claiming https: nginx appends the truth
+    status, answer = chain.request("POST", "/genesys/2/email/support", body, claimed)
+    assert (status, json.loads(answer)["errors"][0]["code"]) == (403, 617)
 
 
 def test_an_upload_just_under_the_limit_lands_and_one_over_is_202(chain):

@@ -2,7 +2,7 @@
 import json
 import logging
 
-from support import PDF, metric
+from support import GOOD_FORM, PDF, metric, multipart
 
 from app.logs import JsonFormatter
 
@@ -41,6 +41,19 @@ def test_client_address_comes_from_x_forwarded_for_when_hops_are_trusted(options
     with caplog.at_level(logging.INFO, logger="app"):
         client.get("/genesys/1/node", headers={"X-Forwarded-For": "203.0.113.7"})
     assert request_lines(caplog)[0]["client"] == "203.0.113.7"
+
+
+def test_behind_a_balancer_and_nginx_two_hops_give_the_client_and_the_scheme(options_file, client, caplog,
+                                                                             smtp_server):
+    """proxy_hops = 2: a load balancer ending TLS appends the client, nginx appends the balancer and its scheme."""
+    options_file.write(server={"proxy_hops": "2"})
+    body, content_type = multipart(list(GOOD_FORM.items()))
+    headers = {"Host": "mail-api.example.com", "Origin": "https://mail-api.example.com",
+               "X-Forwarded-For": "198.51.100.9, 203.0.113.7, 10.0.0.5", "X-Forwarded-Proto": "https, http"}
+    with caplog.at_level(logging.INFO, logger="app"):
+        answer = client.post("/genesys/2/email/support", data=body, content_type=content_type, headers=headers)
+    assert answer.get_json()["statusCode"] == 0  # its own https origin: same-origin
+    assert request_lines(caplog)[0]["client"] == "203.0.113.7"  # not the address the client forged
 
 
 def test_metrics_count_requests_outcomes_and_bytes(client, submit, options_file):
