@@ -11,6 +11,7 @@ from datetime import datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from functools import cached_property
 from io import BytesIO
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class Captured:
         """The interaction id, which the client was given; the Maildir key for an email without one."""
         return str(self.email.get("X-Genesys-Interaction-Id") or self.key)
 
-    @property
+    @cached_property
     def attachments(self) -> list[File]:
         """The attached files, in order."""
         files = []
