@@ -94,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.relay is None:
         smtp = app.extensions["options"].current().smtp
         controller = Controller(MaildirHandler(args.maildir), hostname=smtp.host, port=smtp.port)
-        controller.start()
+        try:
+            controller.start()
+        except OSError as error:  # e.g. another run still holds the port
+            print(f"The embedded SMTP server cannot listen on {smtp.host}:{smtp.port} ([smtp] host and port): "
+                  f"{error.strerror or error}", file=sys.stderr)
+            return 1
         log.info("embedded SMTP server on %s:%d stores emails in %s/new", smtp.host, smtp.port, args.maildir)
     else:
         log.info("delivering to the relay %s:%d (no embedded SMTP server)", *args.relay)

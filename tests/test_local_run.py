@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import socket
 import subprocess
 import sys
 import urllib.parse
@@ -142,3 +143,16 @@ def test_python_m_app_relay_delivers_to_that_relay(options_file, smtp_server, tm
         log = server.communicate(timeout=10)[1]
     assert len(smtp_server.messages) == 1
     assert f"delivering to the relay 127.0.0.1:{smtp_server.port}" in log
+
+
+def test_a_taken_smtp_port_is_one_clear_line_not_a_traceback(options_file, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        options_file.write(smtp={"port": str(taken.getsockname()[1])})
+        result = subprocess.run([sys.executable, "-m", "app", "--port", str(free_port()), "--options",
+                                 str(options_file.path), "--maildir", str(tmp_path / "maildir")],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "The embedded SMTP server cannot listen on 127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
