@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import smtplib
 import socket
 import subprocess
 import sys
@@ -156,3 +157,14 @@ def test_a_taken_smtp_port_is_one_clear_line_not_a_traceback(options_file, tmp_p
     assert result.returncode == 1
     assert "The embedded SMTP server cannot listen on 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_email_from_another_sender_is_listed_and_opened_by_its_maildir_key(local, options_file):
+    """What a developer sends with swaks or smtplib has no interaction id: its Maildir key stands in."""
+    with smtplib.SMTP("127.0.0.1", int(options_file.sections["smtp"]["port"])) as smtp:
+        smtp.sendmail("dev@example.org", ["support@example.com"],
+                      b"From: dev@example.org\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n\r\nhand-made\r\n")
+    [row] = rows(local.get("/mailbox/").text)
+    assert row[1:3] == ["dev@example.org", "Grüße"] and row[4] == "0"
+    page = local.get(f"/mailbox/{row[3]}")
+    assert page.status_code == 200 and "hand-made" in page.text and "Return-Path" in page.text
