@@ -99,7 +99,8 @@ def _find(email_id: str) -> Captured:
 @bp.after_request
 def no_scripts(response: Response) -> Response:
     """Every page and file of the mailbox: no script runs, nothing is sniffed, nothing is framed."""
-    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'"
+    response.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+                                                       "frame-ancestors 'none'")
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
     return response

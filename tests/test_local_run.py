@@ -94,6 +94,7 @@ def test_a_strangers_markup_is_shown_as_text_and_runs_nothing(local):
         assert "<script>" not in page.text and "<img" not in page.text and "<iframe" not in page.text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
         assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]  # default-src does not cover it
         assert page.headers["X-Content-Type-Options"] == "nosniff"
 
 
