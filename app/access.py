@@ -11,8 +11,9 @@ from app.options import Options
 
 log = logging.getLogger(__name__)
 PREFLIGHT_MAX_AGE = 600
-# Widgets 9.x send ContactCenterId when `ccid` is configured; the others carry the content type and API keys.
-ALLOWED_HEADERS = "content-type, apikey, x-api-key, contactcenterid"
+# Widgets 9.x send ContactCenterId when `ccid` is configured; the others carry the content type, API keys and
+# the key of a retried post (contract section 9).
+ALLOWED_HEADERS = "content-type, apikey, x-api-key, contactcenterid, idempotency-key"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 

@@ -58,6 +58,7 @@ class Attachment:
     content_type: str
     stream: IO[bytes]
     size: int
+    sha256: str  # of its bytes, for the duplicate check's fingerprint
 
 
 def clean_name(raw: str, position: int) -> tuple[str, str]:
@@ -172,5 +173,5 @@ def check_attachments(uploads: list[Upload], service: ServiceOptions) -> tuple[l
                                     field="files"))
         else:
             content_type = MIME_TYPES.get(ext) or mimetypes.guess_type(f"x.{ext}")[0] or "application/octet-stream"
-            attachments.append(Attachment(name, content_type, upload.stream, upload.size))
+            attachments.append(Attachment(name, content_type, upload.stream, upload.size, upload.sha256))
     return attachments, problems

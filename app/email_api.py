@@ -7,8 +7,9 @@ from flask import Blueprint, Response, request
 
 from app.access import admit
 from app.delivery import deliver
+from app.duplicates import claim, idempotency_key
 from app.form import read_form
-from app.message import compose, new_interaction_id
+from app.message import compose
 from app.plumbing import json_response, note, request_options
 from app.submission import check_service_name, validate_submission
 
@@ -38,11 +39,17 @@ def submit(service_name: str) -> Response:
     note(service=service.name)
     admit(request.headers, request.host_url, options)
     check_service_name(service_name)
+    key = idempotency_key(request.headers.get("Idempotency-Key"))
     with read_form(request.stream, request.headers.get("Content-Type"), request.content_length, service) as form:
         submission = validate_submission(form, service_name, service, options)
-        email = compose(submission, new_interaction_id(), service, options.smtp)
-        note(interaction_id=email.interaction_id)
-        deliver(email, options.smtp)
+        with claim(submission, service, options, key) as claimed:
+            note(interaction_id=claimed.interaction_id, fingerprint=claimed.fingerprint[:12])
+            if claimed.duplicate:
+                note(outcome="duplicate", status_code=0, duplicate_of=claimed.interaction_id)
+                return json_response({"statusCode": 0, "interactionId": claimed.interaction_id})
+            email = compose(submission, claimed.interaction_id, service, options.smtp)
+            claimed.announce()
+            deliver(email, options.smtp)
     note(outcome="delivered", status_code=0, smtp_reply=250, attachments=len(submission.attachments),
-         attachment_bytes=email.attachment_bytes)
+         attachment_bytes=email.attachment_bytes, resend=claimed.resend)
     return json_response({"statusCode": 0, "interactionId": email.interaction_id})

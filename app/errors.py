@@ -33,6 +33,8 @@ DELIVERY_REFUSED = 613
 INTERNAL_ERROR = 614
 TOO_MANY_USER_DATA = 616
 FOREIGN_ORIGIN = 617
+BAD_IDEMPOTENCY_KEY = 618
+IDEMPOTENCY_KEY_REUSED = 619
 
 # The HTTP status of an answer whose (first) error has this code; every other code is 400. The README's
 # error-code table is this table.
@@ -45,6 +47,7 @@ HTTP_STATUS = {
     DELIVERY_REFUSED: 200,
     INTERNAL_ERROR: 500,
     FOREIGN_ORIGIN: 403,
+    IDEMPOTENCY_KEY_REUSED: 422,
 }
 RETRY_LATER = "The message could not be delivered now; please try again later."
 

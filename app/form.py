@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import hashlib
 import re
 import tempfile
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 from urllib.parse import parse_qsl
 
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -29,12 +31,19 @@ SPOOL_IN_MEMORY = 256 * 1024
 
 @dataclass
 class Upload:
-    """One file part with a non-empty file name, its bytes spooled and rewound."""
+    """One file part with a non-empty file name, its bytes spooled and rewound, and hashed as they came
+    (the duplicate check's fingerprint needs no second read)."""
 
     field: str
     filename: str
     stream: IO[bytes]
     size: int = 0
+    hash: Any = dataclasses.field(default_factory=hashlib.sha256)
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of the file's bytes, in hex."""
+        return str(self.hash.hexdigest())
 
 
 @dataclass
@@ -185,6 +194,7 @@ class _MultipartReader:
                 self.form.fields.append((self.part.name, _decode(b"".join(self.chunks), charset, self.part.name)))
         elif self.upload is not None:
             self.upload.stream.write(event.data)
+            self.upload.hash.update(event.data)
             self.upload.size += len(event.data)
             if not event.more_data:
                 self.upload.stream.seek(0)

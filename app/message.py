@@ -231,10 +231,16 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
     `envelope_from` (also the Sender: header) or else the mailbox itself; HELO names the Message-ID's domain."""
     helo = smtp.helo_name or HOST_NAME
     message = EmailMessage(policy=POLICY)
-    message["From"] = header("From", f"{submission.first_name} {submission.last_name}", submission.from_address)
+    name = f"{submission.first_name} {submission.last_name}"
+    if service.from_header == "service":  # DMARC: the customer's domain may not be sent from another host
+        message["From"] = header("From", name, smtp.envelope_from or submission.mailbox)
+        message["Reply-To"] = header("Reply-To", name, submission.from_address)
+    else:
+        message["From"] = header("From", name, submission.from_address)
     fields = [("Sender", smtp.envelope_from), ("To", submission.mailbox), ("Subject", submission.subject),
               ("Date", _date()), ("Message-ID", f"<{interaction_id}@{helo}>"),
-              ("X-Genesys-Interaction-Id", interaction_id), ("X-Genesys-Service", submission.service),
+              ("X-Genesys-Interaction-Id", interaction_id), ("X-Genesys-From-Address", submission.from_address),
+              ("X-Genesys-Service", submission.service),
               ("X-Genesys-Tenant", service.tenant), ("X-Genesys-First-Name", submission.first_name),
               ("X-Genesys-Last-Name", submission.last_name),
               *(("X-Genesys-User-Data", f"{key}={value}") for key, value in submission.user_data)]

@@ -23,10 +23,18 @@ DELIVERY_FAILURES = Counter("email_delivery_failures", "Deliveries that failed, 
 RELAY_UP = Gauge("email_relay_up", "1 when this process's last delivery reached the relay, 0 when it could not connect "
                  "(0 before the first delivery)", multiprocess_mode="livemax")
 ATTACHMENT_BYTES = Counter("email_attachment_bytes", "Bytes of attachments delivered")
+DUPLICATES = Counter("email_duplicates", "Forms answered with an earlier delivery's interactionId, not sent again",
+                     ["service"])
+DEDUP_STORE_ERRORS = Counter("email_dedup_store_errors", "Failures of the duplicate store (the form was delivered "
+                             "without the duplicate check)")
 RELOADS = Counter("email_options_reloads", "Reloads of options.ini by result", ["result"])
 # One sample per live process (label pid in multiprocess mode), so that a worker serving older options shows.
 OPTIONS_VERSION = Gauge("email_options_version", "Version of the options in force in this process (node-wide numbers)",
                         multiprocess_mode="liveall")
+# 1 for the digest of the options text that some live process serves: two nodes (or two workers) whose digests
+# differ run different options.
+OPTIONS_INFO = Gauge("email_options_info", "1 for the options in force, by the first 12 hex digits of the SHA-256 "
+                     "of their text", ["digest"], multiprocess_mode="livemax")
 
 
 def exposition() -> tuple[bytes, str]:

@@ -48,6 +48,8 @@ class ServiceOptions:
     allowed_mailboxes: tuple[str, ...]
     check_file_content: bool
     details_in_body: bool
+    from_header: str  # customer | service (contract section 6)
+    duplicate_window: float  # seconds; 0: no duplicate check unless an Idempotency-Key asks
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class Options:
     reload_interval: float
     proxy_hops: int
     status_file: str
+    dedup_store: str  # "" (SQLite in the state folder) or a redis:// URL holding a secret
 
     def service(self, name: str) -> ServiceOptions:
         """The options of service `name`; unknown names are served by [email]."""
@@ -229,4 +232,5 @@ def _options(path: Path, text: str) -> Options:
         reload_interval=config["server"]["reload_interval"],
         proxy_hops=config["server"]["proxy_hops"],
         status_file=config["server"]["status_file"],
+        dedup_store=config["server"]["dedup_store"],
     )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 from validate import ValidateError, Validator
@@ -21,6 +22,8 @@ EXPECTED = {
     "extensions": "a list of file extensions such as pdf,txt",
     "origins": "a list of origins such as https://www.example.com or https://*.example.com, or *",
     "keys": "a list of keys, each one line",
+    "duration": "seconds, or a number with s, m or h",
+    "store_url": "empty, or redis://[:password@]host:port/db (or rediss://)",
 }
 
 # The keys of [email] as (configobj check, its arguments, default); [email.<service>] may override any.
@@ -33,6 +36,8 @@ EMAIL_KEYS = {
     "allowed_mailboxes": ("mailbox_patterns", "", "list()"),
     "check_file_content": ("boolean", "", "True"),
     "details_in_body": ("boolean", "", "False"),
+    "from_header": ("option", '"customer", "service", ', '"customer"'),
+    "duplicate_window": ("duration", "min=0, max=86400, ", "0"),
 }
 OTHER_SECTIONS_SPEC = """
 [smtp]
@@ -57,6 +62,7 @@ password = one_line(default="")
 reload_interval = float(min=0, max=3600, default=1)
 proxy_hops = integer(min=0, max=10, default=0)
 status_file = one_line(min=1, default="node.status")
+dedup_store = store_url(default="")
 """
 
 
@@ -78,8 +84,8 @@ def expected(spec: str) -> str:
         return "one of " + ", ".join(re.findall(r'"([^"]*)"', args.split("default=")[0]))
     words = EXPECTED.get(check, check)
     bounds = dict(re.findall(r"(min|max)=([\d.]+)", args))
-    if check in ("integer", "float", "size") and bounds:
-        unit = " bytes" if check == "size" else ""
+    if check in ("integer", "float", "size", "duration") and bounds:
+        unit = {"size": " bytes", "duration": " seconds"}.get(check, "")
         words += f" from {bounds.get('min', '0')} to {bounds['max']}{unit}" if "max" in bounds else \
             f" of at least {bounds['min']}{unit}"
     return words
@@ -135,6 +141,36 @@ def _size(value: str | list[str], min: str = "0", max: str | None = None) -> int
     return size
 
 
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def _duration(value: str | list[str], min: str = "0", max: str | None = None) -> float:  # noqa: A002
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", _one_line(value), re.IGNORECASE)
+    if not match:
+        raise Invalid("not a duration")
+    seconds = float(match[1]) * DURATION_UNITS[match[2].lower()]
+    if seconds < float(min) or (max is not None and seconds > float(max)):
+        raise Invalid("out of range")
+    return seconds
+
+
+def _store_url(value: str | list[str]) -> str:
+    """A Redis URL with a host, a port and a database number (the password, if any, is never shown)."""
+    value = _one_line(value)
+    if not value:
+        return ""
+    try:
+        split = urlsplit(value)
+        port = split.port
+    except ValueError:
+        raise Invalid("not a URL") from None
+    database = split.path.removeprefix("/")
+    if split.scheme not in ("redis", "rediss") or not split.hostname or port is None or not (
+            database == "" or database.isdigit()) or split.query or split.fragment:
+        raise Invalid("not a redis:// or rediss:// URL with a host and a port")
+    return value
+
+
 def _extensions(value: str | list[str]) -> tuple[str, ...]:
     items = [item.lower().lstrip(".") for item in _as_list(value)]
     bad = [item for item in items if not re.fullmatch(r"[a-z0-9]{1,16}", item)]
@@ -167,6 +203,8 @@ VALIDATOR = Validator(
         "extensions": _extensions,
         "origins": _origins,
         "keys": _keys,
+        "duration": _duration,
+        "store_url": _store_url,
     }
 )
 

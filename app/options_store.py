@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from app.metrics import OPTIONS_VERSION, RELOADS
+from app.metrics import OPTIONS_INFO, OPTIONS_VERSION, RELOADS
 from app.options import Options, OptionsError, options_from_bytes, read_options
 from app.snapshot import NodeSnapshot, file_signature
 
@@ -69,7 +69,8 @@ class OptionsStore:
             in_force = InForce(options, version or 0, digest)
         self._in_force = self._with_relay(in_force)
         self._checked = time.monotonic()
-        self._published_in = 0  # the process that last set the version gauge
+        self._published_in = 0  # the process that last set the version gauges
+        self._shown_digest = ""
         _watch(self)
 
     @property
@@ -152,8 +153,12 @@ class OptionsStore:
             listener()
 
     def _publish_version(self) -> None:
+        if self._published_in == os.getpid() and self._shown_digest != self._in_force.digest[:12]:
+            OPTIONS_INFO.labels(self._shown_digest).set(0)
         self._published_in = os.getpid()
+        self._shown_digest = self._in_force.digest[:12]
         OPTIONS_VERSION.set(self._in_force.version)
+        OPTIONS_INFO.labels(self._shown_digest).set(1)
 
     def _log_refusal(self, error: OptionsError, version: int) -> None:
         log.error("options reload refused, the newest good options (version %d) stay in force: %s", version,

@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import threading
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +22,14 @@ from app.smtp_session import close_kept_session
 
 @dataclass
 class FaultyHandler:
-    """Records every message it accepts; `faults[stage]` makes it reply, stall or drop at MAIL, RCPT or END."""
+    """Records every message it accepts; `faults[stage]` makes it reply, stall or drop at MAIL, RCPT or END,
+    `delays[stage]` makes it answer that many seconds late; `reached[stage]` is set once a client got there."""
 
     messages: list[Received] = field(default_factory=list)
     faults: dict[str, str] = field(default_factory=dict)
+    delays: dict[str, float] = field(default_factory=dict)
+    reached: defaultdict[str, threading.Event] = field(default_factory=lambda: defaultdict(threading.Event))
+    on_message: Callable[[], None] | None = None  # called once a message is recorded, before the 250 goes out
     sessions: int = 0
     pipelining: bool = True  # offer RFC 2920 PIPELINING, as Postfix does (aiosmtpd reads pipelined commands)
     size_limit: int | None = None  # offer RFC 1870 SIZE with this limit
@@ -37,6 +43,9 @@ class FaultyHandler:
         return responses[:-1] + extensions + [responses[-1]]
 
     async def inject_fault(self, server: Any, stage: str) -> str | None:
+        self.reached[stage].set()
+        if stage in self.delays:
+            await asyncio.sleep(self.delays[stage])
         fault = self.faults.get(stage)
         if fault == "stall":  # until the client gives up
             await server.lost.wait()
@@ -64,6 +73,8 @@ class FaultyHandler:
             return reply
         options = dict(option.partition("=")[::2] for option in envelope.mail_options)
         self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, options))
+        if self.on_message is not None:
+            self.on_message()
         return "250 Message accepted"
 
 

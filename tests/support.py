@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -15,14 +20,14 @@ from typing import Any
 from bench.forms import GOOD_FORM, multipart  # noqa: F401 - shared with the benchmark
 from bench.ports import free_port, wait_for_port  # noqa: F401 - shared with the tests
 
+ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data"
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
     b"\x00\x00\x00\rIDATx\x9ccd\xf8\x0f\x04\x00\t\xfb\x03\xfd\xe3U\xf2\x9c\x00\x00\x00\x00IEND\xaeB`\x82"
 )
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
-
-
+DEPLOY_CONFIG = ("-c", "deploy/gunicorn.conf.py")
 
 
 @dataclass
@@ -124,3 +129,61 @@ class TrickleHandler:
         if self.stage == "END":
             await self._trickle(server)
         return "250 OK"
+
+
+class Gunicorn:
+    """The real gunicorn serving wsgi:app on a free port, with the deploy configuration or the given arguments
+    (such as `-w 2`, no configuration file); its state and metrics folders under `folder`."""
+
+    def __init__(self, options: Path, folder: Path, arguments: tuple[str, ...] = DEPLOY_CONFIG,
+                 environment: dict[str, str] | None = None, workers: int = 2) -> None:
+        self.port, self.workers_wanted = free_port(), workers
+        (folder / "metrics").mkdir(exist_ok=True)
+        (folder / "state").mkdir(mode=0o700, exist_ok=True)
+        environment = {**os.environ, "OPTIONS_FILE": str(options), "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+                       "GUNICORN_WORKERS": str(workers), "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
+                       "EMAIL_API_STATE_DIR": str(folder / "state"), **(environment or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", *arguments, "-b", f"127.0.0.1:{self.port}", "wsgi:app"], cwd=ROOT,
+            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.log = LineWatcher(self.process.stderr)
+        self.wait_for_workers()
+
+    def workers(self) -> set[int]:
+        """The pids of the master's live workers."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return {int(pid) for pid in children}
+
+    def wait_for_workers(self, replacing: set[int] = frozenset()) -> set[int]:
+        """Wait until the master has its workers, none of `replacing`, each booted; their pids."""
+        deadline = time.monotonic() + 60
+        while True:
+            workers = self.workers()
+            if len(workers) == self.workers_wanted and not workers & replacing and all(
+                    any(f"Booting worker with pid: {pid}" in line for line in self.log.lines) for pid in workers):
+                return workers
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise AssertionError("gunicorn's workers did not start:\n" + "".join(self.log.lines))
+            time.sleep(0.05)
+
+    def post(self, body: bytes, headers: dict[str, str], path: str = "/genesys/2/email/support",
+             timeout: float = 60) -> tuple[int, dict[str, Any]]:
+        """POST and return the HTTP status and the JSON answer; a client timeout raises TimeoutError."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request("POST", path, body, headers)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    def stop(self) -> str:
+        """Stop the master and its workers; everything they logged."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.closed.wait(timeout=10)
+        return "".join(self.log.lines)

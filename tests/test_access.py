@@ -18,7 +18,8 @@ def test_preflight_from_an_allowed_origin(cors, client):
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert response.headers["Vary"] == "Origin"
     assert response.headers["Access-Control-Allow-Methods"] == "POST, OPTIONS"
-    assert response.headers["Access-Control-Allow-Headers"] == "content-type, apikey, x-api-key, contactcenterid"
+    assert response.headers["Access-Control-Allow-Headers"] == \
+        "content-type, apikey, x-api-key, contactcenterid, idempotency-key"
     assert int(response.headers["Access-Control-Max-Age"]) > 0
 
 

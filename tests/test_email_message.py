@@ -21,7 +21,8 @@ def test_headers_carry_the_customer_and_the_request(submit, smtp_server):
     assert email["X-Genesys-Tenant"] == "Environment"
     assert email["X-Genesys-First-Name"] == "Ana María"
     assert email["X-Genesys-Last-Name"] == "Lee"
-    assert email["Sender"] is None
+    assert email["X-Genesys-From-Address"] == "ana@example.com"
+    assert email["Sender"] is None and email["Reply-To"] is None
     assert email.get_content_type() == "text/plain"
     assert email.get_content_charset() == "utf-8"
     assert email.get_content() == "Hello,\r\nmy invoice is wrong.\r\n"
@@ -44,6 +45,27 @@ def test_envelope_from_sets_sender_and_mail_from(options_file, submit, smtp_serv
     assert received.mail_from == "gms@example.com"
     assert received.email["Sender"] == "gms@example.com"
     assert received.email["From"].addresses[0].addr_spec == "ana@example.com"
+
+
+@pytest.mark.parametrize(("envelope_from", "sender"),
+                         (("", "sales@example.com"), ("gms@example.com", "gms@example.com")))
+def test_from_header_service_sends_from_the_service_with_reply_to_the_customer(options_file, submit, smtp_server,
+                                                                               envelope_from, sender):
+    """DMARC (contract section 6): a p=reject customer domain in From would be refused downstream."""
+    options_file.write(email__sales={"from_header": "service"}, smtp={"envelope_from": envelope_from})
+    assert submit(service="sales", firstName="Ana María", fromAddress="ana@yahoo.com").get_json()["statusCode"] == 0
+    email = smtp_server.messages[0].email
+    assert (email["From"].addresses[0].display_name, email["From"].addresses[0].addr_spec) == ("Ana María Lee", sender)
+    assert [(a.display_name, a.addr_spec) for a in email["Reply-To"].addresses] == [("Ana María Lee", "ana@yahoo.com")]
+    assert email["X-Genesys-From-Address"] == "ana@yahoo.com"
+    assert smtp_server.messages[0].mail_from == sender
+
+
+def test_from_header_is_per_service_and_customer_by_default(options_file, submit, smtp_server):
+    options_file.write(email__sales={"from_header": "service"})
+    submit(service="support")
+    email = smtp_server.messages[0].email
+    assert email["From"].addresses[0].addr_spec == "ana@example.com" and email["Reply-To"] is None
 
 
 def test_a_service_named_email_is_served_at_its_own_url(submit, client, smtp_server):

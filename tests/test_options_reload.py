@@ -77,3 +77,22 @@ def test_every_edit_is_answered_in_json_without_a_5xx(options_file, submit, smtp
         options_file.path.write_bytes(text.encode("latin-1"))
         response = submit()
         assert response.status_code < 500 and response.is_json
+
+
+def test_the_digest_of_the_options_in_force_is_a_metric_label_that_follows_edits(options_file, smtp_server):
+    """Operators compare `email_options_info{digest}` across nodes to see that they run the same options."""
+    import hashlib
+
+    from support import metric
+
+    from app.metrics import exposition
+
+    app = create_app(options_file.path)
+    old = hashlib.sha256(options_file.path.read_bytes()).hexdigest()[:12]
+    post(app)
+    assert metric(exposition()[0].decode(), "email_options_info", digest=old) == 1
+    options_file.write(email={"tenant": "Other"})
+    new = hashlib.sha256(options_file.path.read_bytes()).hexdigest()[:12]
+    post(app)
+    page = exposition()[0].decode()
+    assert metric(page, "email_options_info", digest=new) == 1 and metric(page, "email_options_info", digest=old) == 0

@@ -1,0 +1,177 @@
+"""One form, one email (contract section 9): a form's fingerprint, the Idempotency-Key header, and the claim
+that lets one delivery of a form through per window, whichever process or node of the service it reaches.
+
+A claim is a record in the node's store: `pending` while one request delivers (with the time its delivery
+must have ended by), then `delivered` or `ambiguous` for the window, or removed when the form was not
+delivered. A second copy waits while the first is pending, answers with the first's id once it was delivered,
+and is delivered again under the same id (and so the same Message-ID) after an ambiguous end or a pending
+claim whose process died.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from app import metrics
+from app.claim_stores import ClaimStore, StoreError, claim_store
+from app.delivery import DELIVERY_TIMEOUTS
+from app.errors import BAD_IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_REUSED, ApiError, TransientDeliveryError
+from app.message import LINE_END, new_interaction_id
+from app.options import Options, ServiceOptions
+from app.submission import Submission
+
+log = logging.getLogger(__name__)
+PENDING, DELIVERED, AMBIGUOUS = "pending", "delivered", "ambiguous"
+KEY_WINDOW = 24 * 3600.0  # seconds an Idempotency-Key is remembered, whatever duplicate_window says
+GRACE = 2.0  # seconds beyond the delivery's own bound, for composing and answering
+POLL = 0.05  # seconds between looks at a claim whose delivery is in flight
+BARE_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+QUOTED_KEY = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\\"])*)"')  # a structured-field string
+
+
+def fingerprint(submission: Submission, service: ServiceOptions) -> str:
+    """The SHA-256 of what makes two forms the same message: the service section in force, the mailbox and
+    fromAddress (lower-cased), the names, subject, text (line ends as LF), userData pairs in order, and each
+    attachment's shown name and the SHA-256 of its bytes. Nothing of the client, its headers or the time."""
+    parts = [service.name, submission.mailbox.lower(), submission.from_address.lower(), submission.first_name,
+             submission.last_name, submission.subject, LINE_END.sub("\n", submission.text),
+             [list(pair) for pair in submission.user_data],
+             [[attachment.filename, attachment.sha256] for attachment in submission.attachments]]
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The key of an Idempotency-Key header (a structured-field string or a bare token of 1–255 visible ASCII
+    characters), None without the header; a malformed key is a 400 (618)."""
+    if value is None:
+        return None
+    value = value.strip(" \t")
+    quoted = QUOTED_KEY.fullmatch(value)
+    key = re.sub(r"\\(.)", r"\1", quoted[1]) if quoted else value if BARE_KEY.fullmatch(value) else ""
+    if not 1 <= len(key) <= 255 or (not quoted and value.startswith('"')):
+        raise ApiError.single(BAD_IDEMPOTENCY_KEY, "The Idempotency-Key header must be 1 to 255 visible ASCII "
+                              "characters, bare or as a quoted string.")
+    return key
+
+
+def _record(state: str, interaction_id: str, form: str, until: float = 0) -> str:
+    return json.dumps({"state": state, "id": interaction_id, "fingerprint": form, "until": until})
+
+
+def _parse(record: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(record)
+        return value if isinstance(value, dict) and {"state", "id", "fingerprint", "until"} <= value.keys() else None
+    except ValueError:
+        return None
+
+
+def _store_failed(store: ClaimStore, what: str, error: StoreError) -> None:
+    metrics.DEDUP_STORE_ERRORS.inc()
+    log.warning("the duplicate store (%s) failed to %s: %s; the form is delivered without the duplicate check",
+                store.description, what, error, extra={"fields": {
+                    "event": "dedup_store_error", "store": store.description, "operation": what,
+                    "reason": str(error)}})
+
+
+@dataclass
+class Claim:
+    """What the duplicate check decided for one form: deliver it under `interaction_id` (again, with the same id,
+    when `resend`), or answer with `interaction_id` and send nothing when `duplicate`. As a context manager it
+    settles the claim: delivered when the block ends normally, ambiguous or released when it raises."""
+
+    interaction_id: str
+    fingerprint: str
+    duplicate: bool = False
+    resend: bool = False
+    store: ClaimStore | None = None
+    key: str = ""
+    record: str = ""
+    window: float = 0.0
+
+    def announce(self) -> None:
+        """Log the interaction id before the message goes out, so that after a crash the log names what the
+        relay may hold."""
+        log.info("sending %s (fingerprint %s%s)", self.interaction_id, self.fingerprint[:12],
+                 ", again after an ambiguous attempt" if self.resend else "", extra={"fields": {
+                     "event": "sending", "interaction_id": self.interaction_id,
+                     "fingerprint": self.fingerprint[:12], "resend": self.resend}})
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self.store is None or self.duplicate:
+            return
+        if error is None:
+            new: str | None = _record(DELIVERED, self.interaction_id, self.fingerprint)
+        elif isinstance(error, TransientDeliveryError) and error.ambiguous:
+            new = _record(AMBIGUOUS, self.interaction_id, self.fingerprint)
+        else:
+            new = None  # not delivered: the same form may come again and be delivered
+        try:
+            self.store.swap(self.key, self.record, new, self.window)
+        except StoreError as exc:
+            _store_failed(self.store, "settle a claim", exc)
+
+
+def claim(submission: Submission, service: ServiceOptions, options: Options, key: str | None,
+          scan_seconds: float = 0) -> Claim:
+    """Claim the form before anything is sent: by its Idempotency-Key (24 h) or, with `duplicate_window`, by its
+    fingerprint. Waits while an identical form is being delivered, at most one delivery's bound."""
+    form = fingerprint(submission, service)
+    if key is None and not service.duplicate_window:
+        return Claim(new_interaction_id(), form)
+    if key is not None:
+        store_key, window = f"key:{service.name}:{hashlib.sha256(key.encode()).hexdigest()}", KEY_WINDOW
+    else:
+        store_key, window = f"form:{form}", service.duplicate_window
+    bound = scan_seconds + DELIVERY_TIMEOUTS * options.smtp.timeout + GRACE
+    try:
+        store = claim_store(options.dedup_store)
+    except StoreError as exc:
+        metrics.DEDUP_STORE_ERRORS.inc()
+        log.warning("the duplicate store cannot be opened: %s; the form is delivered without the duplicate check",
+                    exc, extra={"fields": {"event": "dedup_store_error", "operation": "open", "reason": str(exc)}})
+        return Claim(new_interaction_id(), form)
+    try:
+        found = _claim(store, store_key, form, window, bound)
+    except StoreError as exc:
+        _store_failed(store, "claim a form", exc)
+        return Claim(new_interaction_id(), form)
+    if found.duplicate:
+        metrics.DUPLICATES.labels(service.name).inc()
+    return found
+
+
+def _claim(store: ClaimStore, key: str, form: str, window: float, bound: float) -> Claim:
+    patience = time.monotonic() + bound
+    interaction_id = new_interaction_id()
+    while True:
+        mine = _record(PENDING, interaction_id, form, time.time() + bound)
+        if store.add(key, mine, bound + window):
+            return Claim(interaction_id, form, store=store, key=key, record=mine, window=window)
+        current = store.get(key)
+        if current is None:  # settled as not delivered, or expired, meanwhile
+            continue
+        first = _parse(current)
+        if first is not None and first["fingerprint"] != form:
+            raise ApiError.single(IDEMPOTENCY_KEY_REUSED, "This Idempotency-Key was used for a different form.")
+        if first is not None and first["state"] == DELIVERED:
+            return Claim(first["id"], form, duplicate=True)
+        if (first is not None and first["state"] == PENDING and first["until"] > time.time()
+                and time.monotonic() < patience):
+            time.sleep(POLL)
+            continue
+        # Ambiguous, or pending past its bound (its process died): deliver again under the same id and Message-ID.
+        again = first["id"] if first is not None else interaction_id
+        mine = _record(PENDING, again, form, time.time() + bound)
+        if store.swap(key, current, mine, bound + window):
+            return Claim(again, form, resend=first is not None, store=store, key=key, record=mine, window=window)

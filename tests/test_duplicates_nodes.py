@@ -1,0 +1,169 @@
+"""One form, one email across processes and nodes: gunicorn's workers sharing the node's SQLite store, and
+several nodes sharing a real Redis server (Debian's redis-server, started here on a free port)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import OptionsFile
+from support import GOOD_FORM, Gunicorn, metric, multipart, wait_for_port
+
+from app import create_app
+from app.metrics import exposition
+
+PASSWORD = "s3cret-r3dis-pass"
+
+
+class RedisServer:
+    """A redis-server with no persistence and a password, on a free port; stopped by PID."""
+
+    def __init__(self, folder) -> None:
+        from support import free_port
+
+        self.port = free_port()
+        self.url = f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--requirepass", PASSWORD, "--dir", str(folder)], stdout=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real Redis server for the duplicate store of several nodes."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("Debian's redis-server is not installed (.ci/run installs it)")
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def form() -> tuple[bytes, dict[str, str]]:
+    body, content_type = multipart(list(GOOD_FORM.items()))
+    return body, {"Content-Type": content_type}
+
+
+def node(tmp_path, name: str, smtp_port: int, store: str):
+    """One more "node": an app of its own, with its own options file and state folder."""
+    folder = tmp_path / name
+    folder.mkdir()
+    options = OptionsFile(folder / "options.ini", smtp_port)
+    options.write(email={"duplicate_window": "10m"}, server={"dedup_store": f'"{store}"'})
+    return options
+
+
+def test_two_nodes_sharing_redis_deliver_a_resend_once(redis_server, tmp_path, smtp_server, monkeypatch):
+    first_node = create_app(node(tmp_path, "a", smtp_server.port, redis_server.url).path).test_client()
+    second = node(tmp_path, "b", smtp_server.port, redis_server.url)
+    body, headers = form()
+    first = first_node.post("/genesys/2/email/support", data=body, headers=headers).get_json()
+    other_node = Gunicorn(second.path, tmp_path / "b", ("-w", "1"), workers=1)
+    try:
+        status, again = other_node.post(body, headers)
+    finally:
+        log = other_node.stop()
+    assert (status, again) == (200, first) and first["statusCode"] == 0
+    assert len(smtp_server.messages) == 1
+    assert PASSWORD not in log
+
+
+def test_a_double_click_through_redis_is_one_email(redis_server, options_file, client, smtp_server):
+    options_file.write(email={"duplicate_window": "10m"}, smtp={"timeout": "5"},
+                       server={"dedup_store": f'"{redis_server.url}"'})
+    smtp_server.delays["END"] = 0.5
+    body, headers = form()
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: client.post("/genesys/2/email/support", data=body, headers=headers)
+                                .get_json(), range(2)))
+    assert answers[0] == answers[1] and answers[0]["statusCode"] == 0
+    assert len(smtp_server.messages) == 1
+
+
+def test_redis_stopped_mid_run_never_stops_a_delivery(redis_server, options_file, client, smtp_server, caplog):
+    options_file.write(email={"duplicate_window": "10m"}, server={"dedup_store": f'"{redis_server.url}"'})
+    body, headers = form()
+    before = metric(exposition()[0].decode(), "email_dedup_store_errors_total")
+    with caplog.at_level(logging.INFO, logger="app"):
+        first = client.post("/genesys/2/email/support", data=body, headers=headers).get_json()
+        redis_server.stop()
+        again = client.post("/genesys/2/email/support", data=body, headers=headers).get_json()
+    assert first["statusCode"] == 0 and again["statusCode"] == 0  # a duplicate is possible, never a loss
+    assert len(smtp_server.messages) == 2
+    [warning] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "dedup_store_error"]
+    assert warning.levelname == "WARNING" and "Redis redis://127.0.0.1" in warning.getMessage()
+    assert metric(exposition()[0].decode(), "email_dedup_store_errors_total") == before + 1
+    assert PASSWORD not in caplog.text and PASSWORD not in json.dumps(again)
+
+
+def test_a_wrong_redis_password_is_a_store_error_that_names_no_password(redis_server, options_file, client,
+                                                                       smtp_server, caplog):
+    wrong = redis_server.url.replace(PASSWORD, "not-the-password")
+    options_file.write(email={"duplicate_window": "10m"}, server={"dedup_store": f'"{wrong}"'})
+    body, headers = form()
+    with caplog.at_level(logging.INFO, logger="app"):
+        assert client.post("/genesys/2/email/support", data=body, headers=headers).get_json()["statusCode"] == 0
+    assert "dedup_store_error" in caplog.text or any(
+        getattr(r, "fields", {}).get("event") == "dedup_store_error" for r in caplog.records)
+    assert "not-the-password" not in caplog.text and PASSWORD not in caplog.text
+
+
+# Through gunicorn: the workers of one node share the SQLite file in the state folder.
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("arguments", (("-w", "2"), ("-c", "deploy/gunicorn.conf.py")), ids=("plain", "deploy"))
+def test_a_client_that_gives_up_and_resends_gets_one_email_and_the_first_id(tmp_path, options_file, smtp_server,
+                                                                           arguments):
+    """The relay answers the end of DATA after 1.5 s; the client gives up at 0.5 s and sends again."""
+    options_file.write(email={"duplicate_window": "10m"}, smtp={"timeout": "5"})
+    smtp_server.delays["END"] = 1.5
+    node = Gunicorn(options_file.path, tmp_path, arguments)
+    body, headers = form()
+    try:
+        with pytest.raises(TimeoutError):
+            node.post(body, headers, timeout=0.5)
+        status, answer = node.post(body, headers)
+    finally:
+        node.stop()
+    assert (status, answer["statusCode"]) == (200, 0)
+    [message] = smtp_server.messages
+    assert message.email["X-Genesys-Interaction-Id"] == answer["interactionId"]
+
+
+@pytest.mark.e2e
+def test_a_delivery_cut_off_by_its_workers_death_is_resent_with_the_same_id_and_message_id(
+        tmp_path, options_file, smtp_server):
+    options_file.write(email={"duplicate_window": "10m"}, smtp={"timeout": "1"})
+    node = Gunicorn(options_file.path, tmp_path)
+    workers = node.workers()
+    body, headers = form()
+
+    def kill_the_workers() -> None:  # the relay has the message; its 250 reaches no one
+        smtp_server.on_message = None
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+
+    smtp_server.on_message = kill_the_workers
+    try:
+        with pytest.raises(ConnectionError):
+            node.post(body, headers)
+        node.wait_for_workers(replacing=workers)
+        status, answer = node.post(body, headers)
+    finally:
+        log = node.stop()
+    assert (status, answer["statusCode"]) == (200, 0)
+    first, again = smtp_server.messages
+    assert first.email["Message-ID"] == again.email["Message-ID"] == f"<{answer['interactionId']}@gms.test>"
+    sending = [json.loads(line) for line in log.splitlines() if '"event": "sending"' in line]
+    assert [(line["interaction_id"], line["resend"]) for line in sending] == [
+        (answer["interactionId"], False), (answer["interactionId"], True)]
