@@ -2,10 +2,13 @@
 
 The real gunicorn with the deploy configuration, 16 concurrent clients, 2000 mixed requests, a relay
 that fails 10 % of messages in random ways, and options.ini rewritten every second, alternating
-valid edits and broken files.
+valid edits and broken files. One form in ten reaches a relay that takes half a second over it, and its
+client gives up after a quarter of a second and sends the same form again (duplicate_window 10m): the
+resend must get the one email's interactionId, never a second email.
 """
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -25,6 +28,7 @@ from support import GOOD_FORM, PDF, PNG, LineWatcher, Received, free_port, multi
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.e2e
 REQUESTS, CLIENTS, FAULT_RATE = 2000, 16, 0.10
+SLOW_MARK, SLOW_RELAY, CLIENT_GIVES_UP = b"pace=slow", 0.5, 0.25  # seconds
 FAULTS = (("MAIL", "451 4.3.0 try later"), ("RCPT", "550 5.1.1 no such user"), ("RCPT", "drop"),
           ("END", "451 4.3.0 try later"), ("END", "554 5.7.1 refused"), ("END", "drop"))
 
@@ -48,6 +52,8 @@ class ChaosHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if SLOW_MARK in envelope.content:
+            await asyncio.sleep(SLOW_RELAY)
         if reply := self._fault(server, session, "END"):
             return reply
         with self.lock:
@@ -70,11 +76,12 @@ class ChaosHandler:
         return reply
 
 
-def form(rng: random.Random) -> tuple[str, dict]:
-    """A request of a random kind and what it is: valid, valid with files, or invalid."""
+def form(seed: int) -> tuple[str, dict]:
+    """A request of a random kind and what it is: valid, valid with files, invalid, or resent after a timeout."""
+    rng = random.Random(seed)
     fields = dict(GOOD_FORM)
     files = []
-    kind = rng.choices(("valid", "files", "invalid"), weights=(6, 2, 2))[0]
+    kind = rng.choices(("valid", "files", "invalid", "resent"), weights=(5, 2, 2, 1))[0]
     if kind == "files":
         files = [("invoice.pdf", PDF), ("pixel.png", PNG)][: rng.randint(1, 2)]
     elif kind == "invalid":
@@ -82,8 +89,8 @@ def form(rng: random.Random) -> tuple[str, dict]:
             fields["firstName"] = ""
         else:
             files = [("tool.exe", b"MZ")]
-    return kind, {"parts": list(fields.items()) + [("userData", f"n={rng.randint(0, 10**9)}")]
-                  + [("files", f) for f in files]}
+    pace = [("userData", SLOW_MARK.decode())] if kind == "resent" else []  # the relay reads it in the email
+    return kind, {"parts": list(fields.items()) + [("userData", f"n={seed}"), *pace] + [("files", f) for f in files]}
 
 
 def rewrite_options_every_second(path: Path, smtp_port: int, stop: threading.Event) -> int:
@@ -94,7 +101,7 @@ def rewrite_options_every_second(path: Path, smtp_port: int, stop: threading.Eve
         if rewrites % 2:
             text = "[email]\nmailbox = support@example.com\nmax_files = lots\n[smtp\nport = nope\n"
         else:
-            text = (f"[email]\nmailbox = support@example.com\ntenant = T{rewrites}\n"
+            text = (f"[email]\nmailbox = support@example.com\ntenant = T{rewrites}\nduplicate_window = 10m\n"
                     f"[smtp]\nport = {smtp_port}\ntimeout = 5\n[server]\nreload_interval = 0.5\n")
         temporary = path.with_suffix(".tmp")
         temporary.write_text(text)
@@ -109,7 +116,8 @@ def test_every_success_is_one_email_and_every_email_a_success(tmp_path, capsys):
     controller = Controller(handler, hostname="127.0.0.1", port=smtp_port)
     controller.start()
     options = tmp_path / "options.ini"
-    options.write_text(f"[email]\nmailbox = support@example.com\n[smtp]\nport = {smtp_port}\ntimeout = 5\n"
+    options.write_text(f"[email]\nmailbox = support@example.com\nduplicate_window = 10m\n"
+                       f"[smtp]\nport = {smtp_port}\ntimeout = 5\n"
                        "[server]\nreload_interval = 0.5\n")
     port = free_port()
     environment = {**os.environ, "OPTIONS_FILE": str(options), "GUNICORN_BIND": f"127.0.0.1:{port}",
@@ -120,19 +128,30 @@ def test_every_success_is_one_email_and_every_email_a_success(tmp_path, capsys):
     log = LineWatcher(gunicorn.stderr)
     log.wait_for("Booting worker")
     stop = threading.Event()
+    gave_up: list[bool] = []
     rewriter = ThreadPoolExecutor(1).submit(rewrite_options_every_second, options, smtp_port, stop)
 
-    def post(seed: int) -> tuple[str, int, dict, float]:
-        kind, request = form(random.Random(seed))
-        body, content_type = multipart(request["parts"])
-        started = time.monotonic()
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    def send(body: bytes, content_type: str, timeout: float) -> tuple[int, dict]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         try:
             connection.request("POST", "/genesys/2/email/support", body, {"Content-Type": content_type})
             response = connection.getresponse()
-            return kind, response.status, json.loads(response.read()), time.monotonic() - started
+            return response.status, json.loads(response.read())
         finally:
             connection.close()
+
+    def post(seed: int) -> tuple[str, int, dict, float]:
+        kind, request = form(seed)
+        body, content_type = multipart(request["parts"])
+        started = time.monotonic()
+        if kind == "resent":
+            try:
+                send(body, content_type, CLIENT_GIVES_UP)
+                gave_up.append(False)  # the relay was quicker than its pace this time (a fault ended it early)
+            except TimeoutError:
+                gave_up.append(True)
+        status, answer = send(body, content_type, 60)
+        return kind, status, answer, time.monotonic() - started
 
     try:
         with ThreadPoolExecutor(CLIENTS) as pool:
@@ -159,6 +178,9 @@ def test_every_success_is_one_email_and_every_email_a_success(tmp_path, capsys):
         print(f"\naccounting: {REQUESTS} requests, {CLIENTS} clients, {rewrites} options rewrites "
               f"({refused_reloads} refused reloads logged); "
               f"answers by (kind, statusCode): {dict(sorted(tallies.items()))}")
+        print(f"accounting: {sum(gave_up)} clients gave up after {CLIENT_GIVES_UP} s and resent; "
+              f"{sum(answer.get('statusCode') == 0 for kind, _, answer, _ in results if kind == 'resent')} of "
+              f"their resends answered statusCode 0")
         print(f"accounting: {len(successes)} statusCode 0, {len(handler.received)} emails received; "
               f"lost {len(lost)}, duplicated {len(duplicated)}, false successes {len(false_successes)}, "
               f"HTTP 5xx {server_errors}; slowest answer {slowest:.3f} s")
@@ -167,3 +189,4 @@ def test_every_success_is_one_email_and_every_email_a_success(tmp_path, capsys):
     assert invalid_accepted == []
     assert len(results) == REQUESTS
     assert refused_reloads > 0 and rewrites >= 2
+    assert sum(gave_up) > 100
