@@ -74,13 +74,32 @@ def check_origin(origin: str | None, own_url: str, options: Options | None) -> N
     raise ApiError.single(FOREIGN_ORIGIN, "Requests from this origin are not allowed.")
 
 
+def _header_bytes(value: str) -> bytes:
+    """A header's value as the client sent it (HTTP servers hand it on decoded as Latin-1)."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+def _key_bytes(key: str) -> list[bytes]:
+    """The bytes a client may send for a configured key: UTF-8 (browsers, curl), or Latin-1 where it can be."""
+    forms = [key.encode("utf-8")]
+    try:
+        forms.append(key.encode("latin-1"))
+    except UnicodeEncodeError:
+        pass
+    return forms
+
+
 def check_api_key(presented: list[str | None], options: Options) -> None:
     """Raise a 401 ApiError unless API keys are off or one presented key equals a configured one."""
     if not options.api_keys:
         return
     for candidate in filter(None, presented):
-        # Compare with every key, in constant time, so timing tells nothing about them.
-        if any([hmac.compare_digest(candidate.encode(), key.encode()) for key in options.api_keys]):
+        sent = _header_bytes(candidate)
+        # Compare with every key, as UTF-8 and as Latin-1 bytes, in constant time, so timing tells nothing.
+        if any([hmac.compare_digest(sent, form) for key in options.api_keys for form in _key_bytes(key)]):
             return
     raise ApiError.single(BAD_CREDENTIALS, "A valid API key is required in the apikey or x-api-key header.")
 

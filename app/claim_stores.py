@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from app.options import OptionsError
-from app.snapshot import STATE_DIR_VARIABLE, state_folder
+from app.snapshot import STATE_DIR_VARIABLE, StateFolderError, state_folder
 
 LOCK_TIMEOUT = 1.0  # seconds a claim waits for another process's transaction before the store counts as failed
 REDIS_TIMEOUT = 1.0  # seconds for connecting to Redis and for each of its replies
@@ -42,9 +41,9 @@ class ClaimStore(Protocol):
 class SqliteStore:
     """Claims in a SQLite file (WAL mode) that every process of the node opens; one short transaction each."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str | Path, shown_as: Path | None = None) -> None:
         self.path = path
-        self.description = f"SQLite file {path}"
+        self.description = f"SQLite file {shown_as or path}"
         self._local = threading.local()
 
     def _connection(self) -> sqlite3.Connection:
@@ -180,7 +179,7 @@ def claim_store(url: str) -> ClaimStore:
             else:
                 try:
                     folder = state_folder()
-                except OptionsError as error:
-                    raise StoreError("; ".join(error.problems)) from None
-                _stores[name] = SqliteStore(folder / "duplicates.sqlite3")
+                except StateFolderError as error:
+                    raise StoreError(str(error)) from None
+                _stores[name] = SqliteStore(folder.file("duplicates.sqlite3"), folder.path / "duplicates.sqlite3")
         return _stores[name]

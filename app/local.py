@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import mailbox
 import re
@@ -16,6 +17,7 @@ from flask import Flask, Response
 
 from app import create_app, mailbox_view
 from app.options import OptionsError
+from app.snapshot import StateFolderError
 
 log = logging.getLogger("app.local")
 CONTACT_FORM = Path(__file__).parent.parent / "examples" / "contact-form.html"
@@ -54,12 +56,24 @@ def service_version() -> str:
         return "unknown (not installed)"
 
 
+LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_NAME = re.compile(rf"{LABEL}(?:\.{LABEL})*")  # ASCII host names and IPv4 addresses
+
+
 def relay_address(text: str) -> tuple[str, int]:
-    """HOST:PORT (or [IPv6]:PORT) as --relay takes it."""
+    """HOST:PORT, or [IPv6]:PORT, as --relay takes it: an ASCII host name or address and a port of ASCII digits."""
     host, colon, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, such as localhost:1025, not {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            valid_host = ipaddress.ip_address(host).version == 6
+        except ValueError:
+            valid_host = False
+    else:
+        valid_host = bool(HOST_NAME.fullmatch(host))  # an IPv6 address without brackets is ambiguous: refused
+    if not colon or not valid_host or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or [IPv6]:PORT, such as localhost:1025 or [::1]:25, "
+                                         f"not {text!r}")
     return host, int(port)
 
 
@@ -89,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         app = local_app(args.options, args.maildir, args.relay)
     except OptionsError as error:
         print("The service cannot start: options.ini has problems:", *error.problems, sep="\n  ", file=sys.stderr)
+        return 1
+    except StateFolderError as error:
+        print(f"The service cannot start: {error}.", file=sys.stderr)
         return 1
     controller = None
     if args.relay is None:

@@ -6,6 +6,7 @@ Content-Security-Policy that runs no script, since an email's every byte came fr
 from __future__ import annotations
 
 import mailbox
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
@@ -20,6 +21,8 @@ from flask import Blueprint, Flask, Response, abort, current_app, render_templat
 bp = Blueprint("mailbox", __name__, url_prefix="/mailbox", template_folder="templates")
 PARSER = BytesParser(policy=policy.default)
 LISTED = 500  # the newest emails the list shows
+MAX_HEAD = 256 * 1024  # bytes of header block read for the list
+NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass
@@ -30,6 +33,21 @@ class File:
     name: str
     content_type: str
     content: bytes
+
+
+@dataclass
+class Listed:
+    """One email of the list, read as far as its headers (and its parts' boundaries, counted, never kept)."""
+
+    key: str
+    received: datetime
+    email: EmailMessage  # the headers only
+    attachment_count: int
+
+    @property
+    def id(self) -> str:
+        """The interaction id, which the client was given; the Maildir key for an email without one."""
+        return str(self.email.get("X-Genesys-Interaction-Id") or self.key)
 
 
 @dataclass
@@ -48,12 +66,12 @@ class Captured:
 
     @cached_property
     def attachments(self) -> list[File]:
-        """The attached files, in order."""
+        """The attached files, in order, under names with no control character (a stranger chose them)."""
         files = []
         for number, part in enumerate(self.email.iter_attachments(), 1):
             content = part.get_payload(decode=True)
-            files.append(File(number, part.get_filename() or f"attachment-{number}", part.get_content_type(),
-                              content if isinstance(content, bytes) else b""))
+            name = NAME_CONTROL.sub("_", part.get_filename() or "") or f"attachment-{number}"
+            files.append(File(number, name, part.get_content_type(), content if isinstance(content, bytes) else b""))
         return files
 
     @property
@@ -64,9 +82,15 @@ class Captured:
 
     @property
     def text(self) -> str:
-        """The body's text, as an agent reads it."""
+        """The body's text, as an agent reads it; in a charset Python does not know, as UTF-8 with replacements."""
         body = self.email.get_body(("plain",))
-        return str(body.get_content()) if body is not None else ""
+        if body is None:
+            return ""
+        try:
+            return str(body.get_content())
+        except (LookupError, UnicodeError):
+            payload = body.get_payload(decode=True)
+            return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
 
 
 def register(app: Flask, maildir: Path, relay: str = "") -> None:
@@ -79,10 +103,36 @@ def _maildir() -> mailbox.Maildir:
     return mailbox.Maildir(current_app.config["MAILDIR"], factory=None, create=True)
 
 
+def _delivered_at(key: str) -> datetime:
+    """When the email arrived: a Maildir name starts with its delivery time in seconds (then .M<microseconds>)."""
+    seconds, _, rest = key.partition(".")
+    micro = re.match(r"M(\d{1,6})", rest)
+    try:
+        return datetime.fromtimestamp(int(seconds) + (int(micro[1]) / 1e6 if micro else 0))
+    except (ValueError, OverflowError, OSError):
+        return datetime.fromtimestamp(0)
+
+
+def _listed(box: mailbox.Maildir, key: str) -> Listed:
+    """Read an email's headers, then only count its top-level parts' boundaries line by line."""
+    with box.get_file(key) as file:
+        head = b""
+        for line in file:
+            head += line
+            if line in (b"\r\n", b"\n") or len(head) > MAX_HEAD:
+                break
+        headers = PARSER.parsebytes(head, headersonly=True)
+        boundary = headers.get_boundary() if headers.get_content_maintype() == "multipart" else None
+        parts = 0
+        if boundary:
+            marker = b"--" + boundary.encode("ascii", "replace")
+            parts = sum(line.rstrip(b"\r\n") == marker for line in file)
+    return Listed(key, _delivered_at(key), headers, max(parts - 1, 0))  # the first part is the text
+
+
 def _captured(box: mailbox.Maildir, key: str) -> Captured:
     raw = box.get_bytes(key)
-    received = datetime.fromtimestamp(box.get_message(key).get_date())
-    return Captured(key, received, raw, PARSER.parsebytes(raw))
+    return Captured(key, _delivered_at(key), raw, PARSER.parsebytes(raw))
 
 
 def _find(email_id: str) -> Captured:
@@ -90,9 +140,8 @@ def _find(email_id: str) -> Captured:
     if email_id in box:
         return _captured(box, email_id)
     for key in box.iterkeys():
-        captured = _captured(box, key)
-        if captured.id == email_id:
-            return captured
+        if _listed(box, key).id == email_id:
+            return _captured(box, key)
     abort(404)
 
 
@@ -110,7 +159,7 @@ def no_scripts(response: Response) -> Response:
 def index() -> str:
     """The captured emails, newest first."""
     box = _maildir()
-    emails = sorted((_captured(box, key) for key in box.iterkeys()), key=lambda c: c.received, reverse=True)
+    emails = sorted((_listed(box, key) for key in box.iterkeys()), key=lambda c: c.received, reverse=True)
     return render_template("mailbox/list.html", emails=emails[:LISTED], total=len(emails),
                            relay=current_app.config["RELAY"])
 

@@ -36,6 +36,7 @@ BASE64_BLOCK = 57 * 1024  # bytes read at a time: 1024 lines of base64
 MAX_LINE = 998  # octets in a line, CRLF aside (RFC 5322)
 LINE_END = re.compile(r"\r\n|\r|\n")
 LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # where str.splitlines breaks
+ANY_LINE_END = re.compile("\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 ENCODED_WORD_BYTES = 36  # text bytes per encoded word: 48 characters of base64, a line under 78 columns
 
 
@@ -151,12 +152,16 @@ def _set_text(message: EmailMessage, text: str) -> None:
 
 
 def _details(submission: Submission, interaction_id: str) -> str:
-    """The block `[email] details_in_body` adds after the text, for agents whose mail client hides X- headers."""
-    lines = ["", "", "---- Details from the contact form ----", f"Service: {submission.service}",
+    """The block `[email] details_in_body` puts before the text, for agents whose mail client hides X- headers.
+
+    Its own lines come first and no customer data can pass for one of them: each userData pair is on a line of
+    its own starting `userData[`, and every line boundary in a value (any str.splitlines knows, U+2028 and
+    U+2029 too) starts an indented continuation line; the customer's text follows the block's last line."""
+    lines = ["---- Details from the contact form ----", f"Service: {submission.service}",
              f"Interaction ID: {interaction_id}"]
     for key, value in submission.user_data:
-        lines.append(f"{key}: " + "\n    ".join(LINE_END.split(value)))
-    return "\n".join(lines) + "\n"
+        lines.append(f"userData[{key}]: " + "\n    ".join(ANY_LINE_END.split(value)))
+    return "\n".join([*lines, "---- Message ----", ""])
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -247,7 +252,7 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
     for name, text in fields:
         if text or name not in ("Sender", "X-Genesys-Tenant"):  # these two only when configured
             message[name] = header(name, text)
-    text = submission.text + (_details(submission, interaction_id) if service.details_in_body else "")
+    text = (_details(submission, interaction_id) if service.details_in_body else "") + submission.text
     _set_text(message, text)
     envelope = Envelope(helo, smtp.envelope_from or submission.mailbox, submission.mailbox, service.max_size)
     outgoing = OutgoingEmail(interaction_id, message, envelope)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from app.options_schema import (
     expected,
     ini_lines,
 )
+
+MAX_FILE = 1024 * 1024  # bytes an options file may take: ample for any Options tab
 
 
 class OptionsError(Exception):
@@ -172,10 +175,15 @@ def read_options(path: str | Path) -> tuple[bytes, Options]:
     Whatever the file holds, nothing but OptionsError is raised.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
+    try:  # never blocks: a FIFO or a device in its place is refused, not read
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise OptionsError([f"{path}: cannot be read: not a regular file"])
+            raw = file.read(MAX_FILE + 1)
     except OSError as exc:
         raise OptionsError([f"{path}: cannot be read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_FILE:
+        raise OptionsError([f"{path}: cannot be read: larger than {MAX_FILE // 1024} KiB"])
     return raw, options_from_bytes(raw, path)
 
 

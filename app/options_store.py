@@ -8,7 +8,6 @@ saw good options refuses to start.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -20,10 +19,11 @@ from pathlib import Path
 
 from app.metrics import OPTIONS_INFO, OPTIONS_VERSION, RELOADS
 from app.options import Options, OptionsError, options_from_bytes, read_options
-from app.snapshot import NodeSnapshot, file_signature
+from app.snapshot import NodeSnapshot, StateFolderError, digest_of, file_signature
 
 log = logging.getLogger("app.options")
 TICK = 0.1  # seconds between the watcher's looks at the stores whose check is due
+REQUEST_WAIT = 1.0  # seconds a request waits for a check in progress (the contract allows reload_interval + 1 s)
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,6 @@ class InForce:
     options: Options
     version: int
     digest: str
-
-
-def _digest(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
 
 
 class OptionsStore:
@@ -53,6 +49,7 @@ class OptionsStore:
         self._listeners: list[Callable[[], None]] = []
         self._signature = file_signature(self.path)
         self._file_ok = True
+        self._failed: str | None = None  # why the snapshot could not be written, while it cannot
         try:
             raw, options = read_options(self.path)
         except OptionsError as error:
@@ -62,8 +59,16 @@ class OptionsStore:
             self._file_ok = False
             self._log_refusal(error, in_force.version)
         else:
-            digest = _digest(raw)
-            version = self.snapshot.publish(raw, digest, lambda: file_signature(self.path) == self._signature)
+            digest = digest_of(raw)
+            try:
+                version = self.snapshot.publish(raw, digest, lambda: file_signature(self.path) == self._signature)
+            except OSError as exc:
+                record = self.snapshot.read()
+                if record is None:  # a new node that cannot keep its snapshot must not start
+                    raise StateFolderError(f"the state folder {self.snapshot.folder.path} cannot be written "
+                                           f"({exc.strerror or exc}): free it, or make it writable") from None
+                version = int(record["version"])
+                self._publish_failed(exc, version)
             if version is None:
                 self._signature = None  # read again at the first check
             in_force = InForce(options, version or 0, digest)
@@ -83,16 +88,21 @@ class OptionsStore:
         if self._published_in != os.getpid():
             self._publish_version()
         if time.monotonic() - self._checked >= self._in_force.options.reload_interval:
-            self.refresh()
+            self.refresh(wait=False)
         return self._in_force.options
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` (in the thread that found it) whenever other options come into force."""
         self._listeners.append(listener)
 
-    def refresh(self) -> None:
-        """Look at the file, and at the node's snapshot while the file is invalid, if the check is due."""
-        with self._lock:
+    def refresh(self, wait: bool = True) -> None:
+        """Look at the file, and at the node's snapshot while the file is invalid, if the check is due.
+
+        With `wait` False (a request) a check that another thread is making is waited for at most REQUEST_WAIT
+        seconds: then the options in force serve the request, however slowly the file reads."""
+        if not self._lock.acquire(timeout=-1 if wait else REQUEST_WAIT):
+            return
+        try:
             if time.monotonic() - self._checked < self._in_force.options.reload_interval:
                 return
             try:
@@ -102,30 +112,52 @@ class OptionsStore:
                               extra={"fields": {"event": "options_reload", "result": "failed"}})
             finally:
                 self._checked = time.monotonic()
+        finally:
+            self._lock.release()
 
     def _refresh(self) -> None:
         signature = file_signature(self.path)
         if signature != self._signature:
-            self._signature = signature
             try:
                 raw, options = read_options(self.path)
             except OptionsError as error:
+                self._signature = signature
                 self._file_ok = False
                 RELOADS.labels("refused").inc()
                 self._log_refusal(error, self._in_force.version)
             else:
                 self._file_ok = True
-                digest = _digest(raw)
-                version = self.snapshot.publish(raw, digest, lambda: file_signature(self.path) == signature)
-                if version is None:
-                    self._signature = None
-                elif (version, digest) != (self._in_force.version, self._in_force.digest):
+                digest = digest_of(raw)
+                try:
+                    version = self.snapshot.publish(raw, digest, lambda: file_signature(self.path) == signature,
+                                                    self._in_force.version)
+                except OSError as exc:  # the signature is not kept: the edit is tried again at the next check
+                    self._publish_failed(exc, self._in_force.version)
+                    if digest != self._in_force.digest:
+                        self._adopt(InForce(options, self._in_force.version, digest), "read (not published)")
+                    return
+                self._signature = signature if version is not None else None
+                self._failed = None
+                if version is not None and (version, digest) != (self._in_force.version, self._in_force.digest):
                     RELOADS.labels("ok").inc()
                     self._adopt(InForce(options, version, digest), "reloaded")
         if not self._file_ok and self.snapshot.changed():
             in_force = self._from_snapshot(self._in_force.version)
             if in_force is not None:
                 self._adopt(in_force, "taken from the node's newest good options")
+
+    def _publish_failed(self, error: OSError, version: int) -> None:
+        """A valid edit that the node's snapshot cannot hold: refused for the node (counted and logged once per
+        reason), served by this process, and tried again at every check."""
+        reason = error.strerror or str(error)
+        if reason == self._failed:
+            return
+        self._failed = reason
+        RELOADS.labels("refused").inc()
+        problem = (f"the node's snapshot in {self.snapshot.folder.path} cannot be written ({reason}); this process "
+                   "serves the edit itself and tries again at every check")
+        log.error("options reload refused for the node: %s", problem, extra={"fields": {
+            "event": "options_reload", "result": "refused", "version": version, "problems": [problem]}})
 
     def _from_snapshot(self, newer_than: int) -> InForce | None:
         record = self.snapshot.read()

@@ -1,23 +1,36 @@
-"""The node's snapshot: the newest good options text that any process of the node has seen, with a version
-number that only grows, in a private file shared by the processes of one process group (gunicorn's master and
-its workers). A process whose options file is invalid serves it; a new process group starts a new one."""
+"""The node's state folder and its snapshot: the newest good options text that any process of the node has seen,
+with a version number that only grows, in a private file shared by the processes of one process group
+(gunicorn's master and its workers). A process whose options file is invalid serves it; a new process group
+starts a new one.
+
+The folder is opened once per process and every file in it is reached through that descriptor, never by its
+path again, so a symlink swapped in under the path later changes nothing. A record is used only when its text
+hashes to its digest.
+"""
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.options import OptionsError
-
 STATE_DIR_VARIABLE = "EMAIL_API_STATE_DIR"
+log = logging.getLogger("app.options")
+
+
+class StateFolderError(Exception):
+    """The state folder cannot be used; the message names it, why, and what to do."""
 
 
 def file_signature(path: Path) -> tuple[int, ...] | None:
+    """What tells a changed file from the same one: device, inode, size and modification time."""
     try:
         st = os.stat(path)
     except OSError:
@@ -25,17 +38,49 @@ def file_signature(path: Path) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def state_folder() -> Path:
-    """The folder for the node's snapshots: $EMAIL_API_STATE_DIR, else a private folder in the temporary one."""
-    folder = Path(os.environ.get(STATE_DIR_VARIABLE) or Path(tempfile.gettempdir()) / f"email-api-{os.geteuid()}")
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = folder.stat()
-    except OSError as exc:
-        raise OptionsError([f"{STATE_DIR_VARIABLE} {folder}: cannot be used: {exc.strerror or exc}"]) from None
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not os.access(folder, os.W_OK | os.X_OK):
-        raise OptionsError([f"{STATE_DIR_VARIABLE} {folder}: must be a folder of this user that others cannot write"])
-    return folder
+class StateFolder:
+    """The node's state folder, opened once: a folder of this user that no one else may write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fix = (f"set {STATE_DIR_VARIABLE} to a folder of the service's own user (mode 0700)" if
+               os.environ.get(STATE_DIR_VARIABLE) else f"remove it, or set {STATE_DIR_VARIABLE} to a folder of "
+               "the service's own user (mode 0700)")
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            why = "it is a symbolic link" if path.is_symlink() else exc.strerror or str(exc)
+            raise StateFolderError(f"the state folder {path} cannot be used ({why}): {fix}") from None
+        st = os.fstat(self.fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not os.access(path, os.W_OK | os.X_OK):
+            os.close(self.fd)
+            owner = "another user owns it" if st.st_uid != os.geteuid() else "others may write to it"
+            raise StateFolderError(f"the state folder {path} cannot be used ({owner}): {fix}")
+
+    def file(self, name: str) -> str:
+        """A path to `name` through the held descriptor, for libraries that open files by path (SQLite)."""
+        return f"/proc/self/fd/{self.fd}/{name}"
+
+
+_folders: dict[str, StateFolder] = {}
+_folders_lock = threading.Lock()
+
+
+def state_folder() -> StateFolder:
+    """$EMAIL_API_STATE_DIR, else a private folder in the temporary one; opened once per process.
+
+    Raises StateFolderError when it cannot be used."""
+    path = Path(os.environ.get(STATE_DIR_VARIABLE) or Path(tempfile.gettempdir()) / f"email-api-{os.geteuid()}")
+    with _folders_lock:
+        if str(path) not in _folders:
+            _folders[str(path)] = StateFolder(path)
+        return _folders[str(path)]
+
+
+def digest_of(raw: bytes) -> str:
+    """The SHA-256 of an options text, in hex."""
+    return hashlib.sha256(raw).hexdigest()
 
 
 class NodeSnapshot:
@@ -45,27 +90,54 @@ class NodeSnapshot:
         self.folder = state_folder()
         self.name = "options-" + hashlib.sha256(str(options_path.resolve()).encode()).hexdigest()[:16]
         self._seen: tuple[int, ...] | None = None
+        self._refused: tuple[int, ...] | None = None  # the last record that did not verify, logged once
 
-    def _path(self, suffix: str) -> Path:
-        return self.folder / f"{self.name}-{os.getpgid(0)}{suffix}"
+    def _file(self, suffix: str) -> str:
+        return f"{self.name}-{os.getpgid(0)}{suffix}"
+
+    def _signature(self, name: str) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(name, dir_fd=self.folder.fd, follow_symlinks=False)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def changed(self) -> bool:
         """Whether the snapshot changed since this process last read or wrote it."""
-        return file_signature(self._path(".json")) != self._seen
+        return self._signature(self._file(".json")) != self._seen
 
     def read(self) -> dict[str, Any] | None:
-        """The snapshot's record, or None when there is none yet."""
-        path = self._path(".json")
-        self._seen = file_signature(path)
+        """The snapshot's record, or None when there is none yet or it does not verify (logged once)."""
+        name = self._file(".json")
+        self._seen = self._signature(name)
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.folder.fd)
+            with os.fdopen(fd, "rb") as file:
+                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    raise ValueError("not a regular file")
+                record = json.loads(file.read())
         except (OSError, ValueError):
             return None
-        return record if isinstance(record, dict) and {"version", "digest", "text"} <= record.keys() else None
+        if not (isinstance(record, dict) and {"version", "digest", "text"} <= record.keys()
+                and isinstance(record["text"], str) and isinstance(record["version"], int)):
+            return None
+        if digest_of(record["text"].encode("utf-8")) != record["digest"]:
+            if self._seen != self._refused:
+                self._refused = self._seen
+                log.error("refused the node's snapshot %s/%s: its text does not match its digest (a forged or "
+                          "damaged record); it is ignored", self.folder.path, name,
+                          extra={"fields": {"event": "snapshot_refused", "file": f"{self.folder.path}/{name}"}})
+            return None
+        return record
 
-    def publish(self, raw: bytes, digest: str, still_current: Callable[[], bool]) -> int | None:
-        """Record `raw` as the newest good text and return its version; None when the file changed meanwhile."""
-        with open(self._path(".lock"), "a") as lock:
+    def publish(self, raw: bytes, digest: str, still_current: Callable[[], bool], at_least: int = 0) -> int | None:
+        """Record `raw` as the newest good text and return its version, above `at_least` (the version this process
+        serves, should the record have been lost); None when the file changed meanwhile.
+
+        Raises OSError when the folder cannot be written (full, read-only); nothing is left behind then."""
+        fd = os.open(self._file(".lock"), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=self.folder.fd)
+        with os.fdopen(fd, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             record = self.read()
             if record is not None and record["digest"] == digest:
@@ -74,23 +146,39 @@ class NodeSnapshot:
                 return None
             if record is None:
                 self._forget_ended_nodes()
-            version = (int(record["version"]) if record else 0) + 1
-            handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f".{self.name}-")
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump({"version": version, "digest": digest, "text": raw.decode("utf-8")}, out)
-            os.replace(temporary, self._path(".json"))
-            self._seen = file_signature(self._path(".json"))
+            version = max(int(record["version"]) if record else 0, at_least) + 1
+            self._write(json.dumps({"version": version, "digest": digest, "text": raw.decode("utf-8")}).encode())
+            self._seen = self._signature(self._file(".json"))
             return version
+
+    def _write(self, content: bytes) -> None:
+        """Write the record under a temporary name, then rename it into place; the temporary file never stays."""
+        temporary = f".{self.name}-{os.getpid()}-{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=self.folder.fd)
+            with os.fdopen(fd, "wb") as out:
+                out.write(content)
+            os.replace(temporary, self._file(".json"), src_dir_fd=self.folder.fd, dst_dir_fd=self.folder.fd)
+        except BaseException:
+            try:
+                os.unlink(temporary, dir_fd=self.folder.fd)
+            except OSError:
+                pass
+            raise
 
     def _forget_ended_nodes(self) -> None:
         """Remove the snapshots of earlier runs, whose process group has ended."""
-        for path in self.folder.glob(f"{self.name}-*"):
-            group = path.stem.rpartition("-")[2]
-            if not group.isdigit():
+        for name in os.listdir(self.folder.fd):
+            stem, _, group = name.rpartition(".")[0].rpartition("-")
+            if stem != self.name or not group.isdigit():
                 continue
             try:
                 os.killpg(int(group), 0)
             except ProcessLookupError:
-                path.unlink(missing_ok=True)
+                try:
+                    os.unlink(name, dir_fd=self.folder.fd)
+                except OSError:
+                    pass
             except OSError:
                 pass

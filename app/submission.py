@@ -36,6 +36,10 @@ _SPACE = r"(?:\t|[^\S\x00-\x1f\x7f-\x9f\u2028\u2029])"
 TRIM = re.compile(rf"^{_SPACE}+|{_SPACE}+$")
 SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 USER_DATA_FIELD = re.compile(r"userData\[(.*)\]", re.DOTALL)
+# "=?" is valid in an address's local part, but mail clients decode it as an RFC 2047 word and show another
+# address (or none) than the one the email was sent to or from.
+ENCODED_WORD_START = "=?"
+ENCODED_WORD_REFUSED = "{field} holds '=?', which mail clients would decode as an encoded word."
 MAX_TEXT = 256 * 1024  # characters
 MAX_USER_DATA = 100  # pairs
 MAX_USER_DATA_KEY, MAX_USER_DATA_VALUE = 256, 4096  # characters
@@ -98,11 +102,15 @@ def _from_address(value: str, problems: list[Problem]) -> str:
         return ""
     try:
         address = validate_email(trim(value), check_deliverability=False, allow_smtputf8=False)
-        return address.ascii_email or address.normalized  # IDN domains as punycode
     except EmailNotValidError as exc:
         problems.append(Problem(INVALID_FROM_ADDRESS, f"fromAddress is not a valid email address: {exc}",
                                 field="fromAddress"))
         return ""
+    if ENCODED_WORD_START in address.normalized:
+        problems.append(Problem(INVALID_FROM_ADDRESS, ENCODED_WORD_REFUSED.format(field="fromAddress"),
+                                field="fromAddress"))
+        return ""
+    return address.ascii_email or address.normalized  # IDN domains as punycode
 
 
 def _mailbox(value: str, service: ServiceOptions, options: Options, problems: list[Problem]) -> str:
@@ -112,6 +120,9 @@ def _mailbox(value: str, service: ServiceOptions, options: Options, problems: li
         mailbox = mailbox_address(trim(value))
     except EmailNotValidError as exc:
         problems.append(Problem(INVALID_MAILBOX, f"mailbox is not a valid email address: {exc}", field="mailbox"))
+        return ""
+    if ENCODED_WORD_START in mailbox:
+        problems.append(Problem(INVALID_MAILBOX, ENCODED_WORD_REFUSED.format(field="mailbox"), field="mailbox"))
         return ""
     if not options.mailbox_allowed(service, mailbox, trim(value)):
         problems.append(Problem(INVALID_MAILBOX, "mailbox is not one this service may deliver to.", field="mailbox"))

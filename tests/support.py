@@ -98,11 +98,15 @@ class LineWatcher:
                     self._changed.notify_all()
         self.closed.set()
 
-    def wait_for(self, text: str, timeout: float = 30) -> str:
+    def wait_for(self, *texts: str, timeout: float = 30) -> str:
+        """The first line that holds every one of `texts`, once there is one."""
+        def found(line: str) -> bool:
+            return all(text in line for text in texts)
+
         with self._changed:
-            if not self._changed.wait_for(lambda: any(text in line for line in self.lines), timeout):
-                raise AssertionError(f"no line with {text!r} in:\n" + "".join(self.lines))
-            return next(line for line in self.lines if text in line)
+            if not self._changed.wait_for(lambda: any(map(found, self.lines)), timeout):
+                raise AssertionError(f"no line with {texts!r} in:\n" + "".join(self.lines))
+            return next(filter(found, self.lines))
 
 
 class TrickleHandler:

@@ -69,6 +69,14 @@ def test_a_configured_key_in_either_header_is_accepted(api_keys, client, smtp_se
     assert response.get_json()["statusCode"] == 0
 
 
+@pytest.mark.parametrize("sent", ("clé-ü-1".encode(), "clé-ü-1".encode("latin-1")), ids=("utf-8", "latin-1"))
+def test_a_non_ascii_api_key_is_accepted_as_utf_8_and_as_latin_1(options_file, client, smtp_server, sent):
+    options_file.write(security={"api_keys": "clé-ü-1"})
+    # What Werkzeug hands the app for these bytes on the wire: each byte as one Latin-1 character.
+    response = client.post("/genesys/2/email/support", data=GOOD_FORM, headers={"apikey": sent.decode("latin-1")})
+    assert response.get_json()["statusCode"] == 0
+
+
 def test_preflight_needs_no_key(api_keys, cors, client):
     response = client.options("/genesys/2/email/support", headers={"Origin": ORIGIN})
     assert response.status_code == 204 and response.headers["Access-Control-Allow-Origin"] == ORIGIN

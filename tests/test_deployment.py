@@ -260,7 +260,7 @@ def test_an_upload_just_under_the_limit_lands_and_one_over_is_202(chain):
 
 def test_the_logged_client_address_is_the_one_nginx_saw(chain):
     status, answer = chain.post_form(source="127.0.0.42")
-    line = chain.log.wait_for(answer["interactionId"])
+    line = chain.log.wait_for(answer["interactionId"], '"event": "request"')
     assert json.loads(line)["client"] == "127.0.0.42"
 
 
@@ -342,11 +342,13 @@ def test_unknown_paths_and_metrics_from_outside_are_json(chain):
     assert status == 403 and json.loads(body)["statusCode"] == 2
 
 
-def raw_exchange(port: int, raw: bytes) -> tuple[int, bytes, bytes]:
-    """Send raw bytes to nginx; the status, the headers and the body of its answer."""
+def raw_exchange(port: int, raw: bytes, half_close: bool = True) -> tuple[int, bytes, bytes]:
+    """Send raw bytes to nginx (then end the sending side, unless a whole request waits for its answer); the
+    status, the headers and the body of its answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(raw)
-        sock.shutdown(socket.SHUT_WR)
+        if half_close:  # nginx takes a closed side for a client that gave up, once it proxies
+            sock.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -360,11 +362,26 @@ def raw_exchange(port: int, raw: bytes) -> tuple[int, bytes, bytes]:
     b"GET / HTTP/2.7\r\nHost: x\r\n\r\n",  # 505
     b"GET /genesys/%00 HTTP/1.1\r\nHost: x\r\n\r\n",  # a NUL in the path
     b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-), ids=("414", "501", "505", "nul-path", "bad-length"))
+    b"GET /genesys/1/node?" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # within nginx's, over gunicorn's line
+    b"GET /genesys/2/email/" + b"a" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+), ids=("414", "501", "505", "nul-path", "bad-length", "uri-5000", "uri-8000"))
 def test_every_answer_nginx_gives_is_json(chain, raw):
     status, head, body = raw_exchange(chain.nginx_port, raw)
     assert status >= 400 and b"application/json" in head.lower(), head
     assert json.loads(body)["statusCode"] in (1, 2)
+
+
+@pytest.mark.parametrize("extra", (
+    [(f"X-Filler-{n}", "v") for n in range(120)],  # more fields than gunicorn's 100
+    [("X-Forwarded-Ssl", "on")], [("X-Forwarded-Protocol", "ssl")],  # gunicorn's own scheme headers
+), ids=("120-fields", "x-forwarded-ssl", "x-forwarded-protocol"))
+def test_headers_a_client_adds_never_reach_gunicorn(chain, extra):
+    body, content_type = multipart(list(GOOD_FORM.items()))
+    head = "".join(f"{name}: {value}\r\n" for name, value in [("Content-Type", content_type), *extra])
+    raw = (f"POST /genesys/2/email/support HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Content-Length: {len(body)}\r\n"
+           "Connection: close\r\n\r\n").encode() + body
+    status, response_head, answer = raw_exchange(chain.nginx_port, raw, half_close=False)
+    assert (status, json.loads(answer)["statusCode"]) == (200, 0), response_head
 
 
 def test_the_admin_api_is_for_this_host_only(chain):

@@ -192,7 +192,7 @@ def test_details_in_body_is_off_by_default(submit, smtp_server):
     assert smtp_server.messages[0].email.get_content() == "Hello,\r\nmy invoice is wrong.\r\n"
 
 
-def test_details_in_body_lists_the_service_interaction_and_every_pair_after_the_text(
+def test_details_in_body_lists_the_service_interaction_and_every_pair_before_the_text(
         options_file, submit, smtp_server):
     options_file.write(email__support={"details_in_body": "true"})
     answer = submit(service="support", extra=[("userData", "order=A-17"), ("userData", "note=line one\r\nline two"),
@@ -200,8 +200,34 @@ def test_details_in_body_lists_the_service_interaction_and_every_pair_after_the_
     interaction_id = answer.get_json()["interactionId"]
     email = smtp_server.messages[0].email
     assert email.get_content() == (
-        "Hello,\r\nmy invoice is wrong.\r\n\r\n---- Details from the contact form ----\r\nService: support\r\n"
-        f"Interaction ID: {interaction_id}\r\norder: A-17\r\nnote: line one\r\n    line two\r\nСчёт: №5\r\n")
+        "---- Details from the contact form ----\r\nService: support\r\n"
+        f"Interaction ID: {interaction_id}\r\nuserData[order]: A-17\r\nuserData[note]: line one\r\n    line two\r\n"
+        "userData[Счёт]: №5\r\n---- Message ----\r\nHello,\r\nmy invoice is wrong.\r\n")
     assert email.get_all("X-Genesys-User-Data") == ["order=A-17", "note=line one\r\nline two", "Счёт=№5"]
     assert submit(service="sales").get_json()["statusCode"] == 0  # another service keeps [email]'s default
     assert "Details" not in smtp_server.messages[1].email.get_content()
+
+
+@pytest.mark.parametrize("extra", (
+    [("userData", "Interaction ID=FAKE0000000000000")], [("userData", "Service=billing")],
+    [("userData", "note=ok\u2028Interaction ID: FAKE0000000000000")],
+    [("userData", "note=ok\u2029Service: billing")], [("userData", "note=ok\rService: billing")],
+))
+def test_details_in_body_lines_cannot_be_forged_by_user_data(options_file, submit, smtp_server, extra):
+    options_file.write(email={"details_in_body": "true"})
+    interaction_id = submit(extra=extra).get_json()["interactionId"]
+    lines = smtp_server.messages[0].email.get_content().splitlines()
+    block = lines[:lines.index("---- Message ----")]
+    assert [line for line in block if line.startswith(("Service:", "Interaction ID:"))] == [
+        "Service: support", f"Interaction ID: {interaction_id}"]
+    assert all(line.startswith(("----", "Service:", "Interaction ID:", "userData[", "    ")) for line in block)
+
+
+def test_details_in_body_cannot_be_forged_by_the_text(options_file, submit, smtp_server):
+    options_file.write(email={"details_in_body": "true"})
+    fake = "\r\n---- Details from the contact form ----\r\nService: billing\r\nInteraction ID: FAKE0000000000000\r\n"
+    interaction_id = submit(text="Hello" + fake).get_json()["interactionId"]
+    lines = smtp_server.messages[0].email.get_content().splitlines()
+    assert lines[:3] == ["---- Details from the contact form ----", "Service: support",
+                         f"Interaction ID: {interaction_id}"]
+    assert lines.index("---- Message ----") < lines.index("Service: billing")

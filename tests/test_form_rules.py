@@ -33,6 +33,9 @@ def test_interaction_ids_are_unique(submit):
         ("fromAddress", "ana@", 381),
         ("fromAddress", "Ana <ana@example.com>", 381),
         ("fromAddress", "ana@example.com\r\nBcc: victim@example.org", 381),
+        # valid atext, but mail clients decode it: Python's email reads "ceo@bank.example"@example.com
+        ("fromAddress", "=?utf-8?q?ceo=40bank.example?=@example.com", 381),
+        ("fromAddress", "ana=?x@example.com", 381),
         ("mailbox", "not-an-address", 383),
         ("mailbox", "someone@elsewhere.example", 383),
         ("mailbox", "sales@example.com\r\nBcc: x@example.org", 383),
@@ -53,6 +56,15 @@ def test_field_rule(submit, smtp_server, field, value, code):
     assert body["statusCode"] == 2
     assert [(e["code"], e["field"]) for e in body["errors"]] == [(code, field)]
     assert smtp_server.messages == []
+
+
+def test_an_encoded_word_in_a_requested_mailbox_is_383_even_under_a_domain_wildcard(options_file, submit,
+                                                                                 smtp_server):
+    options_file.write(email={"allowed_mailboxes": "*@example.com"})
+    assert submit(mailbox="team@example.com").get_json()["statusCode"] == 0
+    response = submit(mailbox="=?utf-8?q?ceo=40bank.example?=@example.com")
+    assert response.status_code == 400 and codes(response) == [383]
+    assert len(smtp_server.messages) == 1
 
 
 def test_all_problems_are_reported_together(submit, smtp_server):

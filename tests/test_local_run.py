@@ -1,8 +1,11 @@
 """The local run (`python -m app`): its embedded SMTP server, the mailbox pages at /mailbox/, and --relay."""
 from __future__ import annotations
 
+import argparse
 import html
 import json
+import mailbox
+import os
 import re
 import smtplib
 import socket
@@ -123,10 +126,13 @@ def test_relay_takes_host_and_port(text, address):
     assert relay_address(text) == address
 
 
-@pytest.mark.parametrize("text", ("localhost", ":25", "host:0", "host:70000", "host:smtp"))
+@pytest.mark.parametrize("text", ("localhost", ":25", "host:0", "host:70000", "host:smtp", "::1:25",
+                                  "host:\uff12\uff15", "ho\r\nst:25", "h\u00f6st:25", "[not-ipv6]:25"))
 def test_a_bad_relay_is_refused_before_anything_starts(text):
     result = subprocess.run([sys.executable, "-m", "app", "--relay", text], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "expected HOST:PORT" in result.stderr
+    with pytest.raises(argparse.ArgumentTypeError):
+        relay_address(text)
 
 
 def test_python_m_app_relay_delivers_to_that_relay(options_file, smtp_server, tmp_path):
@@ -169,3 +175,48 @@ def test_an_email_from_another_sender_is_listed_and_opened_by_its_maildir_key(lo
     assert row[1:3] == ["dev@example.org", "Grüße"] and row[4] == "0"
     page = local.get(f"/mailbox/{row[3]}")
     assert page.status_code == 200 and "hand-made" in page.text and "Return-Path" in page.text
+
+
+def hand_sent(maildir, body: bytes, content_type: str = "text/plain; charset=utf-8", head: str = "") -> str:
+    """Put an email into the Maildir as any local process could, by talking to the embedded server; its key."""
+    raw = (f"From: someone@example.com\r\nTo: support@example.com\r\nSubject: by hand\r\n{head}"
+           f"Content-Type: {content_type}\r\n\r\n").encode() + body
+    return mailbox.Maildir(maildir).add(raw)
+
+
+def test_an_attachment_name_holding_a_line_break_is_shown_and_downloaded_safely(local, maildir):
+    key = hand_sent(maildir, b"--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/pdf\r\n"
+                    b"Content-Disposition: attachment; filename*=utf-8''a%0D%0AX-Evil%3A%201.pdf\r\n"
+                    b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n", 'multipart/mixed; boundary="b"')
+    assert local.get(f"/mailbox/{key}").status_code == 200
+    download = local.get(f"/mailbox/{key}/attachments/1")
+    assert download.status_code == 200 and download.data == b"%PDF-"
+    assert "\r" not in download.headers["Content-Disposition"] and "\n" not in download.headers["Content-Disposition"]
+
+
+def test_an_email_in_an_unknown_charset_is_shown_not_a_500(local, maildir):
+    key = hand_sent(maildir, b"caf\xe9 ol\xe9\r\n", "text/plain; charset=x-no-such-charset")
+    page = local.get(f"/mailbox/{key}")
+    assert page.status_code == 200 and "caf" in page.text
+    assert local.get("/mailbox/").status_code == 200
+
+
+def test_the_list_reads_only_the_headers_of_large_emails(local, maildir):
+    import tracemalloc
+
+    for number in range(3):
+        send(local, files=[(f"big{number}.pdf", PDF + os.urandom(3 * 1024 * 1024))])
+    tracemalloc.start()
+    try:
+        page = local.get("/mailbox/")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [row[-1] for row in rows(page.text)] == ["1", "1", "1"]
+    assert peak < 2 * 1024 * 1024  # one email's attachment alone is 3 MiB, its base64 4 MiB
+
+
+def test_the_pages_say_they_show_what_reached_the_embedded_server(local):
+    interaction_id = send(local)
+    for path in ("/mailbox/", f"/mailbox/{interaction_id}"):
+        assert "not necessarily what the service sent" in html.unescape(local.get(path).text)
