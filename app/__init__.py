@@ -9,10 +9,12 @@ from flask import Flask
 from app.logs import configure_logging
 
 
-def create_app(options_path: str | Path | None = None, relay: tuple[str, int] | None = None) -> Flask:
+def create_app(options_path: str | Path | None = None, relay: tuple[str, int] | None = None,
+               clamd: str | None = None) -> Flask:
     """Create and configure an instance of the Flask application; raises OptionsError for a bad file.
 
-    `relay` (host, port) replaces the relay that [smtp] names (the local run's --relay)."""
+    `relay` (host, port) replaces the relay that [smtp] names, `clamd` the scanner of [scan] (the local run's
+    --relay and --clamd)."""
     # Imported here, so that `python -m app check` loads neither metrics nor the request path.
     from app import email_api, node, plumbing
     from app.options_store import OptionsStore
@@ -21,7 +23,7 @@ def create_app(options_path: str | Path | None = None, relay: tuple[str, int] | 
     app = Flask(__name__)
     # A service named "email" is served at its own URL, never redirected (an HTML 308) to the catch-all's.
     app.url_map.redirect_defaults = False
-    store = OptionsStore(options_path or os.environ.get("OPTIONS_FILE", "options.ini"), relay)
+    store = OptionsStore(options_path or os.environ.get("OPTIONS_FILE", "options.ini"), relay, clamd)
     app.extensions["options"] = store
     plumbing.register(app, store)
     app.register_blueprint(email_api.bp)

@@ -13,7 +13,8 @@ def summary(options: Options) -> str:
     smtp = options.smtp
     relay = f"{smtp.host}:{smtp.port} ({smtp.security}{', AUTH' if smtp.username else ''})"
     return (f"services: {services}; relay: {relay}; API keys: {len(options.api_keys)}; "
-            f"CORS origins: {len(options.allowed_origins)}; admin API: {'on' if options.admin_username else 'off'}")
+            f"CORS origins: {len(options.allowed_origins)}; admin API: {'on' if options.admin_username else 'off'}; "
+            f"virus scan: {'clamd at ' + options.scan.clamd if options.scan.clamd else 'off'}")
 
 
 def main(argv: list[str]) -> int:

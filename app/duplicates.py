@@ -122,8 +122,7 @@ class Claim:
             _store_failed(self.store, "settle a claim", exc)
 
 
-def claim(submission: Submission, service: ServiceOptions, options: Options, key: str | None,
-          scan_seconds: float = 0) -> Claim:
+def claim(submission: Submission, service: ServiceOptions, options: Options, key: str | None) -> Claim:
     """Claim the form before anything is sent: by its Idempotency-Key (24 h) or, with `duplicate_window`, by its
     fingerprint. Waits while an identical form is being delivered, at most one delivery's bound."""
     form = fingerprint(submission, service)
@@ -133,7 +132,8 @@ def claim(submission: Submission, service: ServiceOptions, options: Options, key
         store_key, window = f"key:{service.name}:{hashlib.sha256(key.encode()).hexdigest()}", KEY_WINDOW
     else:
         store_key, window = f"form:{form}", service.duplicate_window
-    bound = scan_seconds + DELIVERY_TIMEOUTS * options.smtp.timeout + GRACE
+    scanning = options.scan.timeout if submission.attachments and options.scan.clamd else 0.0
+    bound = scanning + DELIVERY_TIMEOUTS * options.smtp.timeout + GRACE
     try:
         store = claim_store(options.dedup_store)
     except StoreError as exc:

@@ -11,6 +11,7 @@ from app.duplicates import claim, idempotency_key
 from app.form import read_form
 from app.message import compose
 from app.plumbing import json_response, note, request_options
+from app.scanning import scan_attachments
 from app.submission import check_service_name, validate_submission
 
 bp = Blueprint("email_api", __name__)
@@ -47,6 +48,9 @@ def submit(service_name: str) -> Response:
             if claimed.duplicate:
                 note(outcome="duplicate", status_code=0, duplicate_of=claimed.interaction_id)
                 return json_response({"statusCode": 0, "interactionId": claimed.interaction_id})
+            scan_seconds = scan_attachments(submission.attachments, options.scan)
+            if scan_seconds:
+                note(scan_ms=round(scan_seconds * 1000, 1))
             email = compose(submission, claimed.interaction_id, service, options.smtp)
             claimed.announce()
             deliver(email, options.smtp)

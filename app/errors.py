@@ -108,22 +108,32 @@ class PermanentDeliveryError(ApiError):
     outcome = "refused"
 
 
-class TransientDeliveryError(ApiError):
-    """Not delivered, and trying again later may help (statusCode 1, HTTP 200).
+class RetryLater(ApiError):
+    """Not delivered, and trying again later may help (statusCode 1, HTTP 200): the relay or the virus scanner
+    could not be used now. `outcome` names it in the log line, `reason` says why."""
+
+    status_code = 1
+
+    def __init__(self, *, outcome: str = "retry", reason: str | None = None, reply_code: int | None = None,
+                 stage: str | None = None) -> None:
+        super().__init__([], reply_code=reply_code, stage=stage, reason=reason)
+        self.message = RETRY_LATER
+        self.outcome = outcome
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: statusCode 1 and a message, no errors."""
+        return {"statusCode": 1, "message": self.message}
+
+
+class TransientDeliveryError(RetryLater):
+    """The relay did not take the message, and trying again later may help.
 
     `ambiguous` is set when the end of DATA was sent but no reply came: the relay may have accepted the
     message, so it is logged for an operator to check.
     """
 
-    status_code = 1
-
     def __init__(self, reply_code: int | None = None, *, ambiguous: bool = False, stage: str | None = None,
                  reason: str | None = None) -> None:
-        super().__init__([], reply_code=reply_code, stage=stage, reason=reason)
-        self.message = RETRY_LATER
+        super().__init__(outcome="ambiguous" if ambiguous else "retry", reason=reason, reply_code=reply_code,
+                         stage=stage)
         self.ambiguous = ambiguous
-        self.outcome = "ambiguous" if ambiguous else "retry"
-
-    def body(self) -> dict[str, Any]:
-        """The JSON body: statusCode 1 and a message, no errors."""
-        return {"statusCode": 1, "message": self.message}

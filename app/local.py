@@ -17,6 +17,7 @@ from flask import Flask, Response
 
 from app import create_app, mailbox_view
 from app.options import OptionsError
+from app.options_schema import Invalid, clamd_address
 from app.snapshot import StateFolderError
 
 log = logging.getLogger("app.local")
@@ -77,9 +78,21 @@ def relay_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def local_app(options: str | None, maildir: Path, relay: tuple[str, int] | None = None) -> Flask:
+def clamd_argument(text: str) -> str:
+    """--clamd as [scan] clamd takes it: an absolute socket path or HOST:PORT."""
+    try:
+        address = clamd_address(text)
+    except Invalid:
+        address = ""
+    if not address:
+        raise argparse.ArgumentTypeError(f"expected clamd's socket path or HOST:PORT, not {text!r}")
+    return address
+
+
+def local_app(options: str | None, maildir: Path, relay: tuple[str, int] | None = None,
+              clamd: str | None = None) -> Flask:
     """The service with the local run's own pages: the example form at / and the captured mail at /mailbox/."""
-    app = create_app(options, relay)
+    app = create_app(options, relay, clamd)
     app.add_url_rule("/", view_func=contact_form)
     mailbox_view.register(app, maildir, f"{relay[0]}:{relay[1]}" if relay else "")
     return app
@@ -95,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relay", type=relay_address, metavar="HOST:PORT",
                         help="deliver to this SMTP relay (the rest of [smtp] still applies) instead of the "
                              "embedded server")
+    parser.add_argument("--clamd", type=clamd_argument, metavar="SOCKET|HOST:PORT",
+                        help="scan every attachment with this ClamAV daemon (in place of [scan] clamd)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {service_version()}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
-        app = local_app(args.options, args.maildir, args.relay)
+        app = local_app(args.options, args.maildir, args.relay, args.clamd)
     except OptionsError as error:
         print("The service cannot start: options.ini has problems:", *error.problems, sep="\n  ", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ DUPLICATES = Counter("email_duplicates", "Forms answered with an earlier deliver
                      ["service"])
 DEDUP_STORE_ERRORS = Counter("email_dedup_store_errors", "Failures of the duplicate store (the form was delivered "
                              "without the duplicate check)")
+SCANS = Counter("email_scans", "Virus scans of a request's attachments, by result", ["result"])
 RELOADS = Counter("email_options_reloads", "Reloads of options.ini by result", ["result"])
 # One sample per live process (label pid in multiprocess mode), so that a worker serving older options shows.
 OPTIONS_VERSION = Gauge("email_options_version", "Version of the options in force in this process (node-wide numbers)",

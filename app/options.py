@@ -70,6 +70,14 @@ class SmtpOptions:
 
 
 @dataclass(frozen=True)
+class ScanOptions:
+    """The [scan] options: where clamd listens ("" for no scanning) and the seconds all of a request's scans take."""
+
+    clamd: str
+    timeout: float
+
+
+@dataclass(frozen=True)
 class Options:
     """One consistent, validated reading of options.ini."""
 
@@ -85,6 +93,7 @@ class Options:
     proxy_hops: int
     status_file: str
     dedup_store: str  # "" (SQLite in the state folder) or a redis:// URL holding a secret
+    scan: ScanOptions
 
     def service(self, name: str) -> ServiceOptions:
         """The options of service `name`; unknown names are served by [email]."""
@@ -241,4 +250,5 @@ def _options(path: Path, text: str) -> Options:
         proxy_hops=config["server"]["proxy_hops"],
         status_file=config["server"]["status_file"],
         dedup_store=config["server"]["dedup_store"],
+        scan=ScanOptions(**config["scan"]),
     )

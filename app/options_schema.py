@@ -9,7 +9,7 @@ from validate import ValidateError, Validator
 
 DEFAULT_FILE_TYPES = ("pdf", "doc", "txt", "jpg", "png", "gif", "bmp", "zip")
 SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}  # by the first letter: K and KB alike
-SECTIONS = ("email", "smtp", "cors", "security", "admin", "server")
+SECTIONS = ("email", "smtp", "cors", "security", "admin", "server", "scan")
 # What each check expects, in words, for problems that say what was expected.
 EXPECTED = {
     "integer": "a whole number",
@@ -24,6 +24,7 @@ EXPECTED = {
     "keys": "a list of keys, each one line",
     "duration": "seconds, or a number with s, m or h",
     "store_url": "empty, or redis://[:password@]host:port/db (or rediss://)",
+    "clamd_address": "empty, an absolute path of clamd's Unix socket, or host:port",
 }
 
 # The keys of [email] as (configobj check, its arguments, default); [email.<service>] may override any.
@@ -63,6 +64,9 @@ reload_interval = float(min=0, max=3600, default=1)
 proxy_hops = integer(min=0, max=10, default=0)
 status_file = one_line(min=1, default="node.status")
 dedup_store = store_url(default="")
+[scan]
+clamd = clamd_address(default="")
+timeout = float(min=0.1, max=30, default=5)
 """
 
 
@@ -171,6 +175,18 @@ def _store_url(value: str | list[str]) -> str:
     return value
 
 
+def clamd_address(value: str | list[str]) -> str:
+    """A clamd address as [scan] clamd takes it: empty, an absolute socket path, or host:port; raises Invalid."""
+    value = _one_line(value)
+    if not value or value.startswith("/"):
+        return value
+    host, colon, port = value.rpartition(":")
+    valid_host = re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host)
+    if not colon or not valid_host or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise Invalid("neither a socket path nor host:port")
+    return value
+
+
 def _extensions(value: str | list[str]) -> tuple[str, ...]:
     items = [item.lower().lstrip(".") for item in _as_list(value)]
     bad = [item for item in items if not re.fullmatch(r"[a-z0-9]{1,16}", item)]
@@ -205,6 +221,7 @@ VALIDATOR = Validator(
         "keys": _keys,
         "duration": _duration,
         "store_url": _store_url,
+        "clamd_address": clamd_address,
     }
 )
 

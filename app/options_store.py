@@ -41,9 +41,10 @@ class OptionsStore:
     An edit that does not validate is refused and logged; the newest good options of the node stay in force.
     """
 
-    def __init__(self, path: str | Path, relay: tuple[str, int] | None = None) -> None:
+    def __init__(self, path: str | Path, relay: tuple[str, int] | None = None, clamd: str | None = None) -> None:
         self.path = Path(path)
         self.relay = relay  # (host, port) in place of [smtp]'s: the local run's --relay
+        self.clamd = clamd  # in place of [scan] clamd: the local run's --clamd
         self.snapshot = NodeSnapshot(self.path)
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
@@ -72,7 +73,7 @@ class OptionsStore:
             if version is None:
                 self._signature = None  # read again at the first check
             in_force = InForce(options, version or 0, digest)
-        self._in_force = self._with_relay(in_force)
+        self._in_force = self._with_overrides(in_force)
         self._checked = time.monotonic()
         self._published_in = 0  # the process that last set the version gauges
         self._shown_digest = ""
@@ -170,14 +171,17 @@ class OptionsStore:
             return None
         return InForce(options, int(record["version"]), record["digest"])
 
-    def _with_relay(self, in_force: InForce) -> InForce:
-        if self.relay is None:
-            return in_force
-        smtp = replace(in_force.options.smtp, host=self.relay[0], port=self.relay[1])
-        return replace(in_force, options=replace(in_force.options, smtp=smtp))
+    def _with_overrides(self, in_force: InForce) -> InForce:
+        """The options with the local run's --relay and --clamd in place of what the file says."""
+        options = in_force.options
+        if self.relay is not None:
+            options = replace(options, smtp=replace(options.smtp, host=self.relay[0], port=self.relay[1]))
+        if self.clamd is not None:
+            options = replace(options, scan=replace(options.scan, clamd=self.clamd))
+        return replace(in_force, options=options)
 
     def _adopt(self, in_force: InForce, how: str) -> None:
-        self._in_force = self._with_relay(in_force)
+        self._in_force = self._with_overrides(in_force)
         self._publish_version()
         log.info("options %s from %s (version %d)", how, self.path, in_force.version,
                  extra={"fields": {"event": "options_reload", "result": "ok", "version": in_force.version}})

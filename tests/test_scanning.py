@@ -1,0 +1,210 @@
+"""Files from strangers (contract section 10): every attachment scanned by a real clamd (Debian's clamav-daemon,
+started here in the foreground with a database of one signature, the EICAR test file) before anything is sent."""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from support import PDF, codes, metric
+
+from app.local import local_app
+from app.metrics import exposition
+
+# The EICAR test file, built here (never committed): every virus scanner reports it.
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+SIGNATURE = "Eicar-Test-Signature"
+
+
+class Clamd:
+    """clamd in the foreground with its own configuration and a one-signature database; stopped by PID."""
+
+    def __init__(self, stream_max_length: str = "10M") -> None:
+        if shutil.which("clamd") is None and not Path("/usr/sbin/clamd").exists():
+            pytest.skip("Debian's clamav-daemon is not installed (.ci/run installs it)")
+        self.folder = Path(tempfile.mkdtemp(prefix="clamd-"))  # a Unix socket's path must stay short
+        (self.folder / "db").mkdir()
+        (self.folder / "db" / "eicar.hdb").write_text(f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:{SIGNATURE}\n")
+        self.socket = str(self.folder / "clamd.sock")
+        (self.folder / "clamd.conf").write_text(
+            f"Foreground yes\nLocalSocket {self.socket}\nDatabaseDirectory {self.folder / 'db'}\n"
+            f"LogFile {self.folder / 'clamd.log'}\nStreamMaxLength {stream_max_length}\n")
+        executable = shutil.which("clamd") or "/usr/sbin/clamd"
+        self.process = subprocess.Popen([executable, f"--config-file={self.folder / 'clamd.conf'}"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("clamd did not start: " + self.process.stderr.read().decode(errors="replace"))
+            time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(self.socket)
+                sock.sendall(b"zPING\0")
+                return sock.recv(16) == b"PONG\0"
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        self.process.stderr.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def clamd():
+    """A real clamd shared by this module's tests."""
+    server = Clamd()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scanning(clamd, options_file):
+    """The service scanning with that clamd."""
+    options_file.write(scan={"clamd": clamd.socket, "timeout": "10"})
+    return clamd
+
+
+def zipped(name: str, content: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), content)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("name", "content"), (("eicar.txt", EICAR), ("photos.zip", zipped("eicar.com", EICAR))),
+                         ids=("txt", "inside-a-zip"))
+def test_an_infected_file_is_refused_with_203_and_nothing_is_sent(scanning, submit, smtp_server, caplog, name,
+                                                                  content):
+    before = metric(exposition()[0].decode(), "email_scans_total", result="infected")
+    with caplog.at_level(logging.INFO, logger="app"):
+        response = submit(files=[("invoice.pdf", PDF), (name, content)])
+    assert response.status_code == 400
+    [problem] = response.get_json()["errors"]
+    assert (problem["code"], problem["field"]) == (203, "files")
+    assert name in problem["message"] and "virus scanner" in problem["message"]
+    assert SIGNATURE not in response.get_data(as_text=True)
+    assert smtp_server.messages == []
+    [warning] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "infected"]
+    assert warning.levelname == "WARNING" and SIGNATURE in warning.getMessage() and warning.fields["files"] == [2]
+    [line] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "request"]
+    assert line.fields["outcome"] == "infected"
+    assert metric(exposition()[0].decode(), "email_scans_total", result="infected") == before + 1
+
+
+def test_a_clean_pdf_is_delivered_byte_identical_and_the_scan_time_is_logged(scanning, submit, smtp_server,
+                                                                              caplog):
+    before = metric(exposition()[0].decode(), "email_scans_total", result="clean")
+    with caplog.at_level(logging.INFO, logger="app"):
+        assert submit(files=[("invoice.pdf", PDF)]).get_json()["statusCode"] == 0
+    [part] = smtp_server.messages[0].email.iter_attachments()
+    assert part.get_payload(decode=True) == PDF
+    [line] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "request"]
+    assert line.fields["scan_ms"] >= 0
+    assert metric(exposition()[0].decode(), "email_scans_total", result="clean") == before + 1
+
+
+def test_clamd_stopped_mid_run_is_a_retry_and_nothing_is_sent(options_file, submit, smtp_server, caplog):
+    own = Clamd()
+    options_file.write(scan={"clamd": own.socket})
+    assert submit(files=[("invoice.pdf", PDF)]).get_json()["statusCode"] == 0
+    own.stop()
+    before = metric(exposition()[0].decode(), "email_scans_total", result="error")
+    with caplog.at_level(logging.INFO, logger="app"):
+        answer = submit(files=[("invoice.pdf", PDF)])
+    assert answer.status_code == 200 and answer.get_json()["statusCode"] == 1
+    assert len(smtp_server.messages) == 1
+    [warning] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "scan_failed"]
+    assert warning.levelname == "WARNING" and "cannot be reached" in warning.fields["reason"]
+    assert metric(exposition()[0].decode(), "email_scans_total", result="error") == before + 1
+    # A form without attachments never touches clamd, so it is delivered while clamd is down.
+    assert submit().get_json()["statusCode"] == 0 and len(smtp_server.messages) == 2
+
+
+def test_clamd_refusing_a_stream_over_its_limit_is_a_retry_with_the_reason_logged(options_file, submit,
+                                                                                  smtp_server, caplog):
+    small = Clamd(stream_max_length="1K")
+    try:
+        options_file.write(scan={"clamd": small.socket})
+        with caplog.at_level(logging.INFO, logger="app"):
+            answer = submit(files=[("big.pdf", PDF + b"\0" * 300_000)])
+    finally:
+        small.stop()
+    assert answer.get_json()["statusCode"] == 1 and smtp_server.messages == []
+    [warning] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "scan_failed"]
+    assert "size limit" in warning.fields["reason"]
+
+
+def test_a_stalled_clamd_is_a_retry_within_the_scan_timeout(options_file, submit, smtp_server, tmp_path, caplog):
+    """A socket that accepts and never answers: the request ends at [scan] timeout, as statusCode 1."""
+    folder = Path(tempfile.mkdtemp(prefix="stall-"))
+    path = str(folder / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    options_file.write(scan={"clamd": path, "timeout": "0.5"})
+    try:
+        with caplog.at_level(logging.INFO, logger="app"):
+            answer = submit(files=[("invoice.pdf", PDF)])
+    finally:
+        listener.close()
+        for sock in held:
+            sock.close()
+        shutil.rmtree(folder)
+    assert answer.get_json()["statusCode"] == 1 and smtp_server.messages == []
+    [warning] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "scan_failed"]
+    assert "did not answer within" in warning.fields["reason"]
+
+
+def test_without_clamd_configured_nothing_is_scanned(submit, smtp_server):
+    assert submit(files=[("eicar.txt", EICAR)]).get_json()["statusCode"] == 0
+
+
+def test_the_local_run_scans_with_clamd(scanning, options_file, tmp_path, smtp_server):
+    """python -m app --clamd SOCKET: a developer tries the scanner with the example form."""
+    options_file.write(scan={"clamd": None})
+    client = local_app(str(options_file.path), tmp_path / "maildir", ("127.0.0.1", smtp_server.port),
+                       clamd=scanning.socket).test_client()
+    from support import GOOD_FORM, multipart
+
+    body, content_type = multipart([*GOOD_FORM.items(), ("files", ("eicar.txt", EICAR))])
+    answer = client.post("/genesys/2/email/support", data=body, content_type=content_type)
+    assert answer.status_code == 400 and codes(answer) == [203]
+
+
+@pytest.mark.parametrize(("value", "valid"), (("/run/clamav/clamd.ctl", True), ("127.0.0.1:3310", True),
+                                              ("clamd.internal:3310", True), ("clamd", False), ("host:99999", False),
+                                              ("relative/socket", False)))
+def test_check_validates_the_scan_section(tmp_path, value, valid):
+    from app.check import main
+
+    path = tmp_path / "options.ini"
+    path.write_text(f"[email]\nmailbox = a@example.com\n[scan]\nclamd = {value}\ntimeout = 5\n")
+    assert main([str(path)]) == (0 if valid else 1)
+
+
+def test_check_refuses_a_scan_timeout_out_of_range(tmp_path, capsys):
+    from app.check import main
+
+    path = tmp_path / "options.ini"
+    path.write_text("[email]\nmailbox = a@example.com\n[scan]\nclamd = /run/clamav/clamd.ctl\ntimeout = 600\n")
+    assert main([str(path)]) == 1 and "[scan] timeout" in capsys.readouterr().out
