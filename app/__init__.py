@@ -16,8 +16,9 @@ def create_app(options_path: str | Path | None = None, relay: tuple[str, int] | 
     `relay` (host, port) replaces the relay that [smtp] names, `clamd` the scanner of [scan] (the local run's
     --relay and --clamd)."""
     # Imported here, so that `python -m app check` loads neither metrics nor the request path.
-    from app import email_api, node, plumbing
+    from app import cors, email_api, node, request_log, responses
     from app.options_store import OptionsStore
+    from app.request_options import OptionsPerRequest
 
     configure_logging()
     app = Flask(__name__)
@@ -25,7 +26,10 @@ def create_app(options_path: str | Path | None = None, relay: tuple[str, int] | 
     app.url_map.redirect_defaults = False
     store = OptionsStore(options_path or os.environ.get("OPTIONS_FILE", "options.ini"), relay, clamd)
     app.extensions["options"] = store
-    plumbing.register(app, store)
+    app.wsgi_app = OptionsPerRequest(app.wsgi_app, store)  # type: ignore[method-assign]
+    request_log.register(app)
+    cors.register(app)
+    responses.register(app)
     app.register_blueprint(email_api.bp)
     app.register_blueprint(node.bp)
     return app

@@ -14,14 +14,15 @@ from typing import IO
 import filetype
 
 from app.errors import (
-    ATTACHMENTS_TOO_LARGE,
     BAD_FILE_NAME,
     FILE_TYPE_NOT_ALLOWED,
     TOO_MANY_FILES,
     Problem,
+    attachments_too_large,
 )
 from app.form import CHUNK, Upload
 from app.options import ServiceOptions
+from app.rules import CONTROL
 
 FILE_FIELDS = ("files", "files[]")
 MAX_NAME = 200
@@ -29,11 +30,6 @@ MAX_ZIP_ENTRIES = 1000
 MAX_ZIP_UNCOMPRESSED = 1024**3  # bytes the central directory may claim in all
 MAX_ZIP_DIRECTORY = MAX_ZIP_ENTRIES * 512  # bytes of central directory: ample for 1000 entries with long names
 EOCD_SEARCH = 22 + 65535 + 20  # the end record, the longest comment, and a ZIP64 locator before it
-# The format characters that reorder or hide text, so that "evil\u202efdp.exe" shows as "evilexe.pdf": bidi
-# marks, embeddings, overrides and isolates. Refused in file names here, and in one-line fields (submission).
-TEXT_DIRECTION = "\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069"
-# A file name holds no control character (TAB included), line break or text-direction character.
-CONTROL = re.compile(rf"[\x00-\x1f\x7f-\x9f\u2028\u2029{TEXT_DIRECTION}]")
 MIME_TYPES = {
     "pdf": "application/pdf",
     "doc": "application/msword",
@@ -155,8 +151,7 @@ def check_attachments(uploads: list[Upload], service: ServiceOptions) -> tuple[l
         problems.append(Problem(TOO_MANY_FILES, f"At most {service.max_files} files may be attached.",
                                 field="files", advice=service.max_files))
     if sum(u.size for u in uploads) > service.max_size:
-        problems.append(Problem(ATTACHMENTS_TOO_LARGE, f"The attachments may take at most {service.max_size} bytes.",
-                                field="files", advice=service.max_size))
+        problems.append(attachments_too_large(service.max_size))
     attachments = []
     for position, upload in enumerate(uploads, start=1):
         if CONTROL.search(upload.filename):

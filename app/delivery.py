@@ -6,43 +6,35 @@ import re
 import smtplib
 import ssl
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from app import metrics
 from app.errors import (
-    ATTACHMENTS_TOO_LARGE,
     DELIVERY_REFUSED,
     INVALID_MAILBOX,
-    ApiError,
+    DeliveryError,
     PermanentDeliveryError,
     Problem,
     TransientDeliveryError,
+    attachments_too_large,
 )
 from app.message import Envelope, OutgoingEmail
 from app.options import SmtpOptions
-from app.smtp_session import (
-    DEADLINES,
-    SetupRefused,
-    close_kept_session,
-    keep_session,
-    kept_session,
-    open_session,
-)
+from app.smtp_session import KEPT, RelaySession, SetupRefused
 
 log = logging.getLogger(__name__)
 EXPECTED = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
 DELIVERY_TIMEOUTS = 3  # one delivery takes at most this many times [smtp] timeout
+DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 
 
 def _too_large(envelope: Envelope, **where: Any) -> PermanentDeliveryError:
-    problem = Problem(ATTACHMENTS_TOO_LARGE, "The message is larger than the mail server accepts.",
-                      advice=envelope.max_size)
-    return PermanentDeliveryError([problem], **where)
+    return PermanentDeliveryError([attachments_too_large(envelope.max_size)], **where)
 
 
-def _refusal(stage: str, code: int, envelope: Envelope, text: bytes | str = b"") -> ApiError:
+def _refusal(stage: str, code: int, envelope: Envelope, text: bytes | str = b"") -> DeliveryError:
     """The error for a reply `code` (and its `text`) other than the expected one at `stage`."""
     text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     where: dict[str, Any] = {"reply_code": code, "stage": stage, "reason": f"{code} {text}".strip()}
@@ -59,25 +51,27 @@ def _refusal(stage: str, code: int, envelope: Envelope, text: bytes | str = b"")
     return PermanentDeliveryError([problem], **where)
 
 
-def _socket_failure(exc: OSError, stage: str, *, ambiguous: bool = False) -> TransientDeliveryError:
+def _broken(exc: OSError, stage: str, *, ambiguous: bool = False) -> TransientDeliveryError:
     """The error for a connection that failed at `stage`: refused, timed out, closed or cut off at its deadline."""
     return TransientDeliveryError(ambiguous=ambiguous, stage=stage, reason=str(exc) or type(exc).__name__)
 
 
-@dataclass
-class _Progress:
-    """How far a delivery got: the stage whose reply is awaited, for the log line of a failure."""
-
-    stage: str = "connect"
+@contextmanager
+def _stage(stage: str, *, ambiguous: bool = False) -> Iterator[None]:
+    """A connection that breaks during `stage` is a retry (ambiguous once the end of DATA was sent)."""
+    try:
+        yield
+    except OSError as exc:  # smtplib's errors too
+        raise _broken(exc, stage, ambiguous=ambiguous) from None
 
 
 class _SessionBroken(Exception):
     """A kept session failed RSET: it broke while resting, before this message's MAIL was taken."""
 
 
-def _open(smtp: SmtpOptions, helo: str, envelope: Envelope, deadline: float) -> smtplib.SMTP:
+def _open(smtp: SmtpOptions, envelope: Envelope, deadline: float) -> RelaySession:
     try:
-        return open_session(smtp, helo, deadline)
+        return RelaySession(smtp, envelope.helo, deadline)
     except SetupRefused as exc:
         raise _refusal(exc.stage, exc.code, envelope, exc.text) from None
     except ssl.SSLCertVerificationError as exc:
@@ -85,91 +79,117 @@ def _open(smtp: SmtpOptions, helo: str, envelope: Envelope, deadline: float) -> 
         stage = "STARTTLS" if smtp.security == "starttls" else "connect"
         raise PermanentDeliveryError([problem], stage=stage, reason=exc.verify_message) from None
     except smtplib.SMTPServerDisconnected as exc:
-        raise _socket_failure(exc, "connect") from None
+        raise _broken(exc, "connect") from None
     except smtplib.SMTPException as exc:  # the relay lacks STARTTLS or a usable AUTH method
         problem = Problem(DELIVERY_REFUSED, f"The mail server session could not be set up: {exc}.")
         raise PermanentDeliveryError([problem], stage="EHLO", reason=str(exc)) from None
     except OSError as exc:
-        raise _socket_failure(exc, "connect") from None
+        raise _broken(exc, "connect") from None
 
 
-def _envelope_replies(client: smtplib.SMTP, envelope: Envelope, reset: bool,
-                      progress: _Progress) -> list[tuple[str, int, bytes]]:
-    """Send [RSET,] MAIL, RCPT and DATA — in one write when the relay offers PIPELINING (RFC 2920) — and
-    return the stages, reply codes and texts of MAIL, RCPT and DATA; one by one, a refusal ends the list early.
+def _check_size(session: RelaySession, envelope: Envelope) -> None:
+    """Refuse, before any command, a message larger than the relay's advertised SIZE limit (RFC 1870)."""
+    limit = session.size_limit()
+    if 0 < limit < envelope.size:
+        raise _too_large(envelope, stage="MAIL", reason=f"over the relay's SIZE limit of {limit} bytes")
+
+
+def _envelope(session: RelaySession, envelope: Envelope, reset: bool) -> list[tuple[str, int, bytes]]:
+    """Send [RSET,] MAIL, RCPT and DATA — in one write when the relay offers PIPELINING (RFC 2920) — and return the
+    stages, reply codes and texts of MAIL, RCPT and DATA; one by one, a refusal ends the list early.
 
     Raises _SessionBroken when RSET fails: nothing of this message was taken, so a new session may try again.
     """
+    _check_size(session, envelope)
+    size = f" SIZE={envelope.size}" if session.offers("size") and envelope.size else ""
     commands = [("RSET", "RSET")] if reset else []
-    size = f" SIZE={envelope.size}" if client.has_extn("size") and envelope.size else ""
     commands += [("MAIL", f"MAIL FROM:{smtplib.quoteaddr(envelope.mail_from)}{size}"),
                  ("RCPT", f"RCPT TO:{smtplib.quoteaddr(envelope.rcpt_to)}"), ("DATA", "DATA")]
-    pipelining = client.has_extn("pipelining")
+    pipelining = session.offers("pipelining")
     replies: list[tuple[str, int, bytes]] = []
-    resting = reset  # until RSET is answered, a failure means the session broke while it rested
     try:
         if pipelining:
-            client.send("".join(f"{command}\r\n" for _, command in commands).encode("ascii"))
+            with _stage(commands[0][0]):
+                session.send("".join(f"{command}\r\n" for _, command in commands).encode("ascii"))
         for stage, command in commands:
-            progress.stage = stage
-            code, text = client.getreply() if pipelining else client.docmd(command)
+            with _stage(stage):
+                code, text = session.reply() if pipelining else session.command(command)
             if stage == "RSET":
                 if code != 250:
                     raise _SessionBroken()
-                resting = False
                 continue
             replies.append((stage, code, text))
             if code not in EXPECTED[stage] and not pipelining:
                 break
-    except OSError:
-        if not resting:
-            raise
-        raise _SessionBroken() from None
+    except TransientDeliveryError as error:
+        if error.stage == "RSET":  # the kept session broke while it rested
+            raise _SessionBroken() from None
+        raise
     return replies
 
 
-def _transaction(client: smtplib.SMTP, replies: list[tuple[str, int, bytes]], chunks: Iterable[bytes],
-                 envelope: Envelope, progress: _Progress) -> None:
-    refused = [(stage, code, text) for stage, code, text in replies if code not in EXPECTED[stage]]
-    if refused:
-        # A pipelined DATA may have been accepted although MAIL or RCPT was not: the session that waits
-        # for content is closed by the caller, so that the relay drops the empty transaction.
-        stage, code, text = refused[0]
-        raise _refusal(stage, code, envelope, text)
-    progress.stage = "DATA"
-    _send_data(client, chunks)
-    # The end of DATA is sent: from here on the relay may hold the message, so nothing is resent.
-    progress.stage = "END"
-    try:
-        code, text = client.getreply()
-    except OSError as exc:
-        raise _socket_failure(exc, "END", ambiguous=True) from None
-    if code != 250:
-        raise _refusal("END", code, envelope, text)
-
-
-DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
-
-
-def _send_data(client: smtplib.SMTP, chunks: Iterable[bytes]) -> None:
+def _send_data(session: RelaySession, chunks: Iterable[bytes]) -> None:
     """Send the message dot-stuffed, then the end-of-data marker; each chunk starts a line or with CRLF.
 
-    The last chunk goes out with the marker in one write, so that no small write waits on a delayed ACK.
+    Only a chunk that holds a dot at a line start is stuffed (base64 never does). The last chunk goes out with
+    the marker in one write, so that no small write waits on a delayed ACK.
     """
     pending = b""
     for chunk in chunks:
         if chunk:
             if pending:
-                client.send(pending)
-            pending = DOT_AT_LINE_START.sub(b"..", chunk)
-    client.send(pending + (b".\r\n" if pending.endswith(b"\r\n") or not pending else b"\r\n.\r\n"))
+                session.send(pending)
+            pending = DOT_AT_LINE_START.sub(b"..", chunk) if b"\n." in chunk or chunk[:1] == b"." else chunk
+    session.send(pending + (b".\r\n" if pending.endswith(b"\r\n") or not pending else b"\r\n.\r\n"))
 
 
-def _check_size(client: smtplib.SMTP, envelope: Envelope) -> None:
-    """Refuse, before any command, a message larger than the relay's advertised SIZE limit (RFC 1870)."""
-    limit = client.esmtp_features.get("size", "")
-    if limit.isdigit() and 0 < int(limit) < envelope.size:
-        raise _too_large(envelope, stage="MAIL", reason=f"over the relay's SIZE limit of {limit} bytes")
+def _transaction(session: RelaySession, replies: list[tuple[str, int, bytes]], email: OutgoingEmail,
+                 deadline: float) -> None:
+    """After the envelope's replies: the message and the end of DATA, within `deadline`."""
+    refused = [(stage, code, text) for stage, code, text in replies if code not in EXPECTED[stage]]
+    if refused:
+        # A pipelined DATA may have been accepted although MAIL or RCPT was not: the session that waits
+        # for content is closed by the caller, so that the relay drops the empty transaction.
+        stage, code, text = refused[0]
+        raise _refusal(stage, code, email.envelope, text)
+    with _stage("DATA"), session.writes_until(deadline):
+        _send_data(session, email.chunks())
+    # The end of DATA is sent: from here on the relay may hold the message, so nothing is resent.
+    with _stage("END", ambiguous=True):
+        code, text = session.reply()
+    if code != 250:
+        raise _refusal("END", code, email.envelope, text)
+
+
+def _deliver(email: OutgoingEmail, smtp: SmtpOptions) -> None:
+    """One message on this thread's kept session (RSET first) or a new one; the session is kept after a success
+    and closed after any failure."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUTS * smtp.timeout
+    session = KEPT.take(smtp, email.envelope.helo)
+    replies: list[tuple[str, int, bytes]] = []
+    if session is not None:
+        session.begin(deadline)
+        try:
+            replies = _envelope(session, email.envelope, reset=True)
+        except _SessionBroken:
+            session.close()
+            session = None
+        except BaseException:
+            session.close()
+            raise
+    if session is None:
+        session = _open(smtp, email.envelope, deadline)
+        try:
+            replies = _envelope(session, email.envelope, reset=False)
+        except BaseException:
+            session.close()
+            raise
+    try:
+        _transaction(session, replies, email, deadline)
+    except BaseException:
+        session.close()
+        raise
+    KEPT.keep(session)
 
 
 def deliver(email: OutgoingEmail, smtp: SmtpOptions) -> None:
@@ -180,8 +200,8 @@ def deliver(email: OutgoingEmail, smtp: SmtpOptions) -> None:
     """
     started = time.monotonic()
     try:
-        _deliver(email.chunks(), email.envelope, smtp)
-    except ApiError as error:
+        _deliver(email, smtp)
+    except (PermanentDeliveryError, TransientDeliveryError) as error:
         _log_failure(error, email, smtp)
         raise
     finally:
@@ -190,7 +210,7 @@ def deliver(email: OutgoingEmail, smtp: SmtpOptions) -> None:
     metrics.ATTACHMENT_BYTES.inc(email.attachment_bytes)
 
 
-def _log_failure(error: ApiError, email: OutgoingEmail, smtp: SmtpOptions) -> None:
+def _log_failure(error: DeliveryError, email: OutgoingEmail, smtp: SmtpOptions) -> None:
     """One WARNING line per failed delivery: the relay, the stage, its reply or the socket error; and metrics."""
     relay, stage = f"{smtp.host}:{smtp.port}", error.stage or "unknown"
     metrics.DELIVERY_FAILURES.labels(stage, error.outcome).inc()
@@ -202,44 +222,3 @@ def _log_failure(error: ApiError, email: OutgoingEmail, smtp: SmtpOptions) -> No
                 extra={"fields": {"event": "ambiguous" if ambiguous else "delivery_failed",
                                   "interaction_id": email.interaction_id, "relay": relay, "stage": stage,
                                   "outcome": error.outcome, "smtp_reply": error.reply_code, "reason": error.reason}})
-
-
-def _deliver(chunks: Iterable[bytes], envelope: Envelope, smtp: SmtpOptions) -> None:
-    """Send one message within `timeout` × 3; return only once the relay answered 250 to the end of DATA.
-
-    Raises TransientDeliveryError when trying again may help, PermanentDeliveryError when not.
-    The thread's session is kept for its next message after a success, and closed after any failure.
-    """
-    helo = envelope.helo
-    settings = (smtp, helo)
-    progress = _Progress()
-    deadline = time.monotonic() + DELIVERY_TIMEOUTS * smtp.timeout
-    client = kept_session(settings)
-    reset = client is not None
-    if client is None:
-        client = _open(smtp, helo, envelope, deadline)
-        keep_session(settings, client)
-    progress.stage = "RSET" if reset else "MAIL"
-    try:
-        client.deadline = deadline  # type: ignore[attr-defined]
-        try:
-            _check_size(client, envelope)
-            replies = _envelope_replies(client, envelope, reset, progress)
-        except _SessionBroken:
-            close_kept_session()
-            progress.stage = "connect"
-            client = _open(smtp, helo, envelope, deadline)
-            keep_session(settings, client)
-            _check_size(client, envelope)
-            replies = _envelope_replies(client, envelope, False, progress)
-        if client.sock is None:
-            raise smtplib.SMTPServerDisconnected("the relay closed the connection")
-        with DEADLINES.cut_off(client.sock, deadline):  # the message's writes too, however slowly the relay reads
-            _transaction(client, replies, chunks, envelope, progress)
-    except OSError as exc:  # smtplib's errors too: the connection broke before the end of DATA was sent
-        close_kept_session()
-        raise _socket_failure(exc, progress.stage) from None
-    except BaseException:
-        close_kept_session()
-        raise
-    keep_session(settings, client)

@@ -22,8 +22,9 @@ from app import metrics
 from app.claim_stores import ClaimStore, StoreError, claim_store
 from app.delivery import DELIVERY_TIMEOUTS
 from app.errors import BAD_IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_REUSED, ApiError, TransientDeliveryError
-from app.message import LINE_END, new_interaction_id
+from app.message import new_interaction_id
 from app.options import Options, ServiceOptions
+from app.rules import LINE_END
 from app.submission import Submission
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,9 @@ from app.delivery import deliver
 from app.duplicates import claim, idempotency_key
 from app.form import read_form
 from app.message import compose
-from app.plumbing import json_response, note, request_options
+from app.request_log import note
+from app.request_options import request_options
+from app.responses import json_response
 from app.scanning import scan_attachments
 from app.submission import check_service_name, validate_submission
 

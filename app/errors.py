@@ -71,21 +71,26 @@ class Problem:
         return body
 
 
+def attachments_too_large(max_size: int) -> Problem:
+    """The one 202 problem: for the request's Content-Length or body, the attachments, or the relay's SIZE and 552."""
+    return Problem(ATTACHMENTS_TOO_LARGE, f"The attachments may take at most {max_size} bytes.", field="files",
+                   advice=max_size)
+
+
 class ApiError(Exception):
-    """A request the service does not answer with statusCode 0: statusCode 2 with its problems, or statusCode 1
-    with a message (retrying may help). `outcome` names it in the log line; `reply_code` is the relay's reply."""
+    """A request the service does not answer with statusCode 0: statusCode 2 with its problems (or, in RetryLater,
+    statusCode 1 with a message). `outcome` names it in the log line."""
 
     status_code = 2
     outcome = "rejected"
 
     def __init__(self, problems: list[Problem], *, headers: dict[str, str] | None = None,
-                 reply_code: int | None = None, stage: str | None = None, reason: str | None = None) -> None:
+                 outcome: str | None = None) -> None:
         super().__init__("; ".join(p.message for p in problems))
         self.problems = problems
         self.headers = headers or {}
-        self.reply_code = reply_code
-        self.stage = stage  # a delivery failure's SMTP stage (connect, greeting, EHLO, ..., MAIL, RCPT, DATA, END)
-        self.reason = reason  # the relay's reply, or the socket error
+        if outcome is not None:
+            self.outcome = outcome
 
     @classmethod
     def single(cls, code: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> ApiError:
@@ -99,34 +104,40 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         """The JSON body of the answer."""
-        return {"statusCode": 2, "errors": [p.to_json() for p in self.problems]}
+        return {"statusCode": self.status_code, "errors": [p.to_json() for p in self.problems]}
 
 
 class PermanentDeliveryError(ApiError):
-    """Not delivered, and trying again will not help: the relay refused the message or the session."""
+    """Not delivered, and trying again will not help: the relay refused the message or the session. `stage` is the
+    SMTP stage (connect, greeting, EHLO, ..., MAIL, RCPT, DATA, END), `reply_code` and `reason` the relay's reply."""
 
     outcome = "refused"
+
+    def __init__(self, problems: list[Problem], *, reply_code: int | None = None, stage: str | None = None,
+                 reason: str | None = None) -> None:
+        super().__init__(problems)
+        self.reply_code, self.stage, self.reason = reply_code, stage, reason
 
 
 class RetryLater(ApiError):
     """Not delivered, and trying again later may help (statusCode 1, HTTP 200): the relay or the virus scanner
-    could not be used now. `outcome` names it in the log line, `reason` says why."""
+    could not be used now. `reason` says why, for the log."""
 
     status_code = 1
 
-    def __init__(self, *, outcome: str = "retry", reason: str | None = None, reply_code: int | None = None,
-                 stage: str | None = None) -> None:
-        super().__init__([], reply_code=reply_code, stage=stage, reason=reason)
+    def __init__(self, *, outcome: str = "retry", reason: str | None = None) -> None:
+        super().__init__([], outcome=outcome)
         self.message = RETRY_LATER
-        self.outcome = outcome
+        self.reason = reason
 
     def body(self) -> dict[str, Any]:
         """The JSON body: statusCode 1 and a message, no errors."""
-        return {"statusCode": 1, "message": self.message}
+        return {"statusCode": self.status_code, "message": self.message}
 
 
 class TransientDeliveryError(RetryLater):
-    """The relay did not take the message, and trying again later may help.
+    """The relay did not take the message, and trying again later may help; `stage` and `reply_code` as for
+    PermanentDeliveryError.
 
     `ambiguous` is set when the end of DATA was sent but no reply came: the relay may have accepted the
     message, so it is logged for an operator to check.
@@ -134,6 +145,8 @@ class TransientDeliveryError(RetryLater):
 
     def __init__(self, reply_code: int | None = None, *, ambiguous: bool = False, stage: str | None = None,
                  reason: str | None = None) -> None:
-        super().__init__(outcome="ambiguous" if ambiguous else "retry", reason=reason, reply_code=reply_code,
-                         stage=stage)
-        self.ambiguous = ambiguous
+        super().__init__(outcome="ambiguous" if ambiguous else "retry", reason=reason)
+        self.reply_code, self.stage, self.ambiguous = reply_code, stage, ambiguous
+
+
+DeliveryError = PermanentDeliveryError | TransientDeliveryError

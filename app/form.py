@@ -15,11 +15,11 @@ from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from app.errors import (
-    ATTACHMENTS_TOO_LARGE,
     FORM_TOO_LARGE,
     MALFORMED_BODY,
     UNSUPPORTED_CONTENT_TYPE,
     ApiError,
+    attachments_too_large,
 )
 from app.options import ServiceOptions
 
@@ -67,11 +67,7 @@ class Form:
 
 def too_large(max_size: int, headers: dict[str, str] | None = None) -> ApiError:
     """The 202 answer for a request larger than `max_size` plus the allowance."""
-    return ApiError.single(
-        ATTACHMENTS_TOO_LARGE,
-        f"The request is larger than the attachments limit of {max_size} bytes allows.",
-        advice=max_size, headers=headers,
-    )
+    return ApiError([attachments_too_large(max_size)], headers=headers)
 
 
 def _malformed(why: str) -> ApiError:

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, send_file
 
+from app.rules import CONTROL
+
 bp = Blueprint("mailbox", __name__, url_prefix="/mailbox", template_folder="templates")
 PARSER = BytesParser(policy=policy.default)
 LISTED = 500  # the newest emails the list shows
 MAX_HEAD = 256 * 1024  # bytes of header block read for the list
-NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Captured:
         files = []
         for number, part in enumerate(self.email.iter_attachments(), 1):
             content = part.get_payload(decode=True)
-            name = NAME_CONTROL.sub("_", part.get_filename() or "") or f"attachment-{number}"
+            name = CONTROL.sub("_", part.get_filename() or "") or f"attachment-{number}"
             files.append(File(number, name, part.get_content_type(), content if isinstance(content, bytes) else b""))
         return files
 

@@ -1,11 +1,8 @@
-"""Compose the email an agent receives from a validated submission.
+"""Compose the email an agent receives from a validated submission: its headers (through app/headers.py), its
+body, its envelope, and the wire form that streams each attachment base64-encoded.
 
-Built with `EmailMessage` and `policy.SMTP`, through three documented hooks that keep composing fast (the
-package's documented path for everything takes 1.1 ms an email, this 0.07 ms; `set_content` alone costs w1
-16 %: docs/benchmarks.md): header values go through `header()`, which hands the package values already written
-(the header-object protocol of `email.policy`) where its parser is slow or wrong; `_set_text` writes the body
-as `set_content` would; and the header registry builds each header class once.
-tests/test_email_characters.py reads back every character class of contract section 6.
+Built with `EmailMessage` and `policy.SMTP`; the body is written as `set_content` would write it, without the
+cost (docs/benchmarks.md). tests/test_email_characters.py reads back every character class of contract section 6.
 """
 from __future__ import annotations
 
@@ -17,45 +14,19 @@ import string
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from email import policy
-from email.charset import QP, Charset
-from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
-from email.utils import format_datetime, localtime, quote
+from email.utils import format_datetime, localtime
 from functools import cached_property
 
 from app.attachments import Attachment
+from app.headers import POLICY, UTF8_QP, header
 from app.options import ServiceOptions, SmtpOptions
+from app.rules import ANY_LINE_END, LINE_END
 from app.submission import Submission
 
 ID_ALPHABET = string.digits + string.ascii_uppercase
-UTF8_QP = Charset("utf-8")
-UTF8_QP.body_encoding = QP
 HOST_NAME = socket.gethostname()  # read once: no look-up per request
 BASE64_BLOCK = 57 * 1024  # bytes read at a time: 1024 lines of base64
-MAX_LINE = 998  # octets in a line, CRLF aside (RFC 5322)
-LINE_END = re.compile(r"\r\n|\r|\n")
-LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # where str.splitlines breaks
-ANY_LINE_END = re.compile("\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
-ENCODED_WORD_BYTES = 36  # text bytes per encoded word: 48 characters of base64, a line under 78 columns
-
-
-class _CachedHeaderRegistry(HeaderRegistry):
-    """The standard registry, but building each header class once instead of once per header set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._classes: dict[str, type] = {}
-
-    def __getitem__(self, name: str) -> type:
-        key = name.lower()
-        if key not in self._classes:
-            self._classes[key] = super().__getitem__(name)
-        return self._classes[key]
-
-
-# 7bit: a non-ASCII body is quoted-printable or base64, so the message passes any relay without 8BITMIME.
-POLICY = policy.SMTP.clone(cte_type="7bit", header_factory=_CachedHeaderRegistry())
 
 
 def new_interaction_id() -> str:
@@ -77,61 +48,6 @@ class Envelope:
     rcpt_to: str
     max_size: int  # the service's limit, the advice given when the relay answers 552
     size: int = 0  # the message's size, declared with SIZE= when the relay offers it
-
-
-class _Prewritten(str):
-    """A header value with its wire form: `EmailPolicy` stores and emits as it is any value that has a `name`
-    and a `fold()` (the header-object protocol of `email.policy`), without parsing or refolding it."""
-
-    name: str
-    wire: str
-
-    def __new__(cls, name: str, text: str, wire: str) -> _Prewritten:
-        obj = super().__new__(cls, text)
-        obj.name, obj.wire = name, wire
-        return obj
-
-    def fold(self, *, policy: policy.Policy) -> str:
-        """The header as written here, whatever the policy."""
-        return f"{self.name}: {self.wire}{policy.linesep}"
-
-
-def header(name: str, text: str, address: str | None = None) -> str:
-    """The value to store as header `name` so that a mail client reads `text` back exactly (contract section 6):
-    this module's one way past the email package's header parser, for speed and where that parser is wrong.
-
-    With `address`, `text` is the display name of a mailbox header: `"text" <address>` as a quoted string when
-    ASCII and short enough, else encoded words (a name full of quotes or backslashes doubles when quoted).
-    Otherwise `text` is unstructured. Text holding `=?` or a line break (anything str.splitlines breaks at) is
-    written as encoded words: the email package would decode the first and refuse the second. Short ASCII is
-    written as it is, also when only the header's name pushes it past 78 columns (the email package would move
-    it whole onto a second line, and its parser reads that back with a leading space). Anything else (long or
-    non-ASCII text) is returned as a plain string, for the email package to fold and encode.
-    Encoded words here hold at most ENCODED_WORD_BYTES bytes each, one per folded line, and every character a
-    phrase cannot hold is encoded, so that a decoder joins them back to exactly `text`, line breaks and all.
-    """
-    if address is not None:
-        wire = f'"{quote(text)}" <{address}>'
-        if not text.isascii() or "=?" in text or len(name) + 2 + len(wire) > MAX_LINE:
-            wire = f"{_encoded_words(text)} <{address}>"
-        return _Prewritten(name, f"{text} <{address}>", wire)
-    if "=?" in text or LINE_BREAK.search(text):
-        return _Prewritten(name, text, _encoded_words(text))
-    if text.isascii() and (len(name) + 2 + len(text) <= 78 or len(text) < 78):
-        return _Prewritten(name, text, text)
-    return text
-
-
-def _encoded_words(text: str) -> str:
-    """`text` as RFC 2047 Q-encoded words of at most ENCODED_WORD_BYTES bytes each, joined by folds."""
-    words, piece = [], ""
-    for character in text:
-        if len((piece + character).encode()) > ENCODED_WORD_BYTES:
-            words.append(UTF8_QP.header_encode(piece))
-            piece = ""
-        piece += character
-    words.append(UTF8_QP.header_encode(piece))
-    return "\r\n ".join(words)
 
 
 def _set_text(message: EmailMessage, text: str) -> None:

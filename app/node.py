@@ -1,10 +1,13 @@
 """The node API for load balancers and operators (ping, drain), and the metrics page."""
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import NotFound
@@ -12,9 +15,10 @@ from werkzeug.exceptions import NotFound
 from app import metrics
 from app.access import check_origin
 from app.errors import BAD_CREDENTIALS, ApiError
-from app.plumbing import request_options
+from app.request_options import request_options
 
 bp = Blueprint("node", __name__)
+P = ParamSpec("P")
 STATUSES = ("ONLINE", "OFFLINE")
 
 
@@ -46,8 +50,19 @@ def node_status() -> NodeStatus:
     return NodeStatus(request_options().status_file)
 
 
-def _require_admin() -> None:
-    """Admin routes need [admin] credentials by HTTP basic auth; without them configured they do not exist."""
+def admin_required(view: Callable[P, Response]) -> Callable[P, Response]:
+    """Guard an admin route: [admin] credentials by HTTP basic auth, from the service's own origin or none;
+    without credentials configured the route does not exist (404)."""
+
+    @functools.wraps(view)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> Response:
+        _check_admin()
+        return view(*args, **kwargs)
+
+    return guarded
+
+
+def _check_admin() -> None:
     options = request_options()
     if not options.admin_username:
         raise NotFound()
@@ -69,18 +84,18 @@ def ping() -> Response:
 
 
 @bp.get("/genesys/1/admin/node/status")
+@admin_required
 def status() -> Response:
     """This node's status, ONLINE or OFFLINE, with the options version the answering worker serves."""
-    _require_admin()
     in_force = current_app.extensions["options"].in_force
     return Response(node_status().get(), content_type="text/plain;charset=utf-8",
                     headers={"X-Options-Version": str(in_force.version), "X-Options-Digest": in_force.digest[:16]})
 
 
 @bp.post("/genesys/1/admin/node/changestatus/<any(ONLINE, OFFLINE):new_status>")
+@admin_required
 def change_status(new_status: str) -> Response:
     """Drain (OFFLINE) or undrain (ONLINE) this node."""
-    _require_admin()
     node_status().set(new_status)
     return Response(new_status, content_type="text/plain;charset=utf-8")
 

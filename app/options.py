@@ -99,19 +99,6 @@ class Options:
         """The options of service `name`; unknown names are served by [email]."""
         return self.services.get(name, self.catch_all)
 
-    def mailbox_allowed(self, service: ServiceOptions, mailbox: str, as_sent: str = "") -> bool:
-        """Whether a request to `service` may name `mailbox` (the open-relay guard).
-
-        Beyond exact configured addresses, a local part that a relay could route onward (the percent hack,
-        bang paths, quoting, source routes; checked on the address `as_sent` too) is never allowed.
-        """
-        wanted = mailbox.lower()
-        if wanted in self.configured_mailboxes:
-            return True
-        local, _, domain = wanted.rpartition("@")
-        if any(mark in local for mark in '%!@"') or as_sent.lstrip().startswith(("@", "<")) or '"' in as_sent:
-            return False
-        return any(p == wanted or p == f"*@{domain}" for p in service.allowed_mailboxes)
 
 
 def _parse(path: Path, text: str) -> ConfigObj:

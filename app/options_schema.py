@@ -4,8 +4,10 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 from validate import ValidateError, Validator
+
+from app.rules import CONTROL, mailbox_address
 
 DEFAULT_FILE_TYPES = ("pdf", "doc", "txt", "jpg", "png", "gif", "bmp", "zip")
 SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}  # by the first letter: K and KB alike
@@ -103,17 +105,11 @@ def _as_list(value: str | list[str]) -> list[str]:
 def _one_line(value: str | list[str], min: str = "0") -> str:  # noqa: A002 - configobj's keyword
     if not isinstance(value, str):
         raise Invalid("it holds a comma: quote the value")
-    if re.search(r"[\x00-\x1f\x7f]", value):
+    if CONTROL.search(value):
         raise Invalid("a control character")
     if len(value) < int(min):
         raise Invalid("an empty value")
     return value
-
-
-def mailbox_address(value: str) -> str:
-    """A mailbox's address in ASCII form; raises EmailNotValidError. Unlike a customer's, it may be internal."""
-    address = validate_email(value, check_deliverability=False, allow_smtputf8=False, globally_deliverable=False)
-    return address.ascii_email or address.normalized  # ASCII: SMTPUTF8 is not allowed
 
 
 def _mailbox(value: str | list[str]) -> str:

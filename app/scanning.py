@@ -15,9 +15,9 @@ from contextlib import contextmanager
 
 from app import metrics
 from app.attachments import Attachment
+from app.deadlines import DEADLINES
 from app.errors import FILE_TYPE_NOT_ALLOWED, ApiError, Problem, RetryLater
 from app.options import ScanOptions
-from app.smtp_session import DEADLINES
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024  # bytes per INSTREAM chunk
@@ -122,6 +122,4 @@ def scan_attachments(attachments: list[Attachment], scan: ScanOptions) -> float:
                     "signatures": [signature for _, signature in found]}})
     problems = [Problem(FILE_TYPE_NOT_ALLOWED, f'The file "{attachments[position - 1].filename}" was refused by '
                         "the virus scanner.", field="files") for position, _ in found]
-    error = ApiError(problems)
-    error.outcome = "infected"
-    raise error
+    raise ApiError(problems, outcome="infected")

@@ -1,8 +1,7 @@
-"""The session with the SMTP relay: connect, EHLO, STARTTLS and AUTH, and one session kept per worker thread."""
+"""The session with the SMTP relay, as one small class: connect, EHLO, STARTTLS and AUTH as [smtp] says, RSET
+between messages, close; and the one session each worker thread keeps from message to message."""
 from __future__ import annotations
 
-import math
-import os
 import smtplib
 import socket
 import ssl
@@ -10,8 +9,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
+from app.deadlines import DEADLINES
 from app.options import SmtpOptions
 
 IDLE_LIMIT = 30  # seconds a kept session may rest; relays close idle ones (Postfix after 300 s)
@@ -26,70 +25,12 @@ class SetupRefused(Exception):
         self.text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
 
 
-class _Watch:
-    """One deadline on one socket; `expired` once the deadline cut it off."""
-
-    __slots__ = ("at", "sock", "expired")
-
-    def __init__(self, at: float, sock: socket.socket) -> None:
-        self.at, self.sock, self.expired = at, sock, False
-
-
-class Deadlines:
-    """Cuts off a relay that is too slow: at a deadline the socket is shut down, which ends any read or write
-    waiting on it. A socket timeout bounds each recv(); this bounds a whole reply however it trickles in.
-
-    One thread per process looks at the watched sockets every TICK seconds: a registration costs a set insert,
-    and deadlines are met to within a tick.
-    """
-
-    TICK = 0.05
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._watches: set[_Watch] = set()
-        self._pid = 0
-
-    @contextmanager
-    def cut_off(self, sock: socket.socket, at: float) -> Iterator[_Watch]:
-        """Shut `sock` down if the block has not ended by `at` (a time.monotonic() value)."""
-        watch = _Watch(at, sock)
-        with self._lock:
-            if self._pid != os.getpid():  # the first use in this process (a forked worker has no thread)
-                self._pid, self._watches = os.getpid(), set()
-                threading.Thread(target=self._run, name="smtp-deadlines", daemon=True).start()
-            self._watches.add(watch)
-        try:
-            yield watch
-        finally:
-            with self._lock:
-                self._watches.discard(watch)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.TICK)
-            now = time.monotonic()
-            with self._lock:
-                expired = [watch for watch in self._watches if watch.at <= now]
-                for watch in expired:
-                    self._watches.discard(watch)
-                    watch.expired = True
-            for watch in expired:
-                try:
-                    watch.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
-DEADLINES = Deadlines()
-
-
 class _BoundedReplies:
     """An SMTP client whose every reply must be complete within `timeout`, and before `deadline`."""
 
     timeout: float
     sock: socket.socket | None
-    deadline = math.inf  # the end of the current delivery, set by the caller
+    deadline = float("inf")  # the end of the current delivery
 
     def getreply(self) -> tuple[int, bytes]:
         """smtplib's getreply(), cut off at the reply's deadline."""
@@ -105,101 +46,150 @@ class _BoundedReplies:
                 raise
 
 
-class BoundedSMTP(_BoundedReplies, smtplib.SMTP):
-    """smtplib.SMTP with replies bounded as a whole."""
+class _BoundedSMTP(_BoundedReplies, smtplib.SMTP):
+    pass
 
 
-class BoundedSMTP_SSL(_BoundedReplies, smtplib.SMTP_SSL):  # noqa: N801 - named after smtplib's class
-    """smtplib.SMTP_SSL with replies bounded as a whole."""
+class _BoundedSMTP_SSL(_BoundedReplies, smtplib.SMTP_SSL):  # noqa: N801 - named after smtplib's class
+    pass
 
 
 def _tls_context(smtp: SmtpOptions) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=smtp.ca_file or None)
 
 
-def _hello(client: smtplib.SMTP) -> None:
-    code, text = client.ehlo()
-    if 500 <= code < 600:  # an old server that knows no EHLO
-        code, text = client.helo()
-    if code != 250:
-        raise SetupRefused("EHLO", code, text)
+class RelaySession:
+    """One session with the relay, greeted, secured and authenticated, for one message after another.
 
-
-def open_session(smtp: SmtpOptions, helo: str, deadline: float = math.inf) -> smtplib.SMTP:
-    """A new session, greeted, secured and authenticated as [smtp] says, all before `deadline`.
-
-    Raises SetupRefused for a refusing reply, or what smtplib, ssl and the socket raise.
+    smtplib's documented API can neither pipeline commands (RFC 2920) nor stream a message, nor read one reply or
+    the SIZE limit: `send`, `getreply` and `esmtp_features` (public names smtplib does not document) are used here
+    and nowhere else, for the speed the benchmark measured.
     """
-    timeout = max(min(smtp.timeout, deadline - time.monotonic()), 0.001)  # connect and greet within the deadline
-    client: smtplib.SMTP
-    try:
-        if smtp.security == "ssl":
-            client = BoundedSMTP_SSL(smtp.host, smtp.port, local_hostname=helo, timeout=timeout,
-                                     context=_tls_context(smtp))
-        else:
-            client = BoundedSMTP(smtp.host, smtp.port, local_hostname=helo, timeout=timeout)
-    except smtplib.SMTPConnectError as exc:
-        raise SetupRefused("greeting", exc.smtp_code, exc.smtp_error) from None
-    client.timeout, client.deadline = smtp.timeout, deadline
-    if client.sock is None:  # the greeting closed the connection
-        raise smtplib.SMTPServerDisconnected("the relay closed the connection")
-    client.sock.settimeout(smtp.timeout)
-    # Each command waits for its reply: send at once rather than wait to fill a segment (Nagle).
-    client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    stage = "EHLO"
-    try:
-        _hello(client)
-        if smtp.security == "starttls":
-            stage = "STARTTLS"
-            client.starttls(context=_tls_context(smtp))
-            _hello(client)
-        if smtp.username:
-            stage = "AUTH"
-            client.login(smtp.username, smtp.password)
-    except smtplib.SMTPResponseException as exc:
-        client.close()
-        raise SetupRefused(stage, exc.smtp_code, exc.smtp_error) from None
-    except BaseException:
-        client.close()
-        raise
-    return client
 
+    def __init__(self, smtp: SmtpOptions, helo: str, deadline: float) -> None:
+        """Open the session before `deadline` (a time.monotonic() value). Raises SetupRefused for a refusing reply,
+        or what smtplib, ssl and the socket raise."""
+        self.smtp, self.helo, self.last_used = smtp, helo, time.monotonic()
+        timeout = max(min(smtp.timeout, deadline - time.monotonic()), 0.001)  # connect and greet in time
+        self.client: _BoundedSMTP | _BoundedSMTP_SSL
+        try:
+            if smtp.security == "ssl":
+                self.client = _BoundedSMTP_SSL(smtp.host, smtp.port, local_hostname=helo, timeout=timeout,
+                                               context=_tls_context(smtp))
+            else:
+                self.client = _BoundedSMTP(smtp.host, smtp.port, local_hostname=helo, timeout=timeout)
+        except smtplib.SMTPConnectError as exc:
+            raise SetupRefused("greeting", exc.smtp_code, exc.smtp_error) from None
+        self.client.timeout = smtp.timeout
+        self.begin(deadline)
+        if self.client.sock is None:  # the greeting closed the connection
+            raise smtplib.SMTPServerDisconnected("the relay closed the connection")
+        self.client.sock.settimeout(smtp.timeout)
+        # Each command waits for its reply: send at once rather than wait to fill a segment (Nagle).
+        self.client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stage = "EHLO"
+        try:
+            self._hello()
+            if smtp.security == "starttls":
+                stage = "STARTTLS"
+                self.client.starttls(context=_tls_context(smtp))
+                self._hello()
+            if smtp.username:
+                stage = "AUTH"
+                self.client.login(smtp.username, smtp.password)
+        except smtplib.SMTPResponseException as exc:
+            self.close()
+            raise SetupRefused(stage, exc.smtp_code, exc.smtp_error) from None
+        except BaseException:
+            self.close()
+            raise
 
-@dataclass
-class _KeptSession:
-    settings: tuple
-    client: smtplib.SMTP
-    last_used: float
+    def _hello(self) -> None:
+        code, text = self.client.ehlo()
+        if 500 <= code < 600:  # an old server that knows no EHLO
+            code, text = self.client.helo()
+        if code != 250:
+            raise SetupRefused("EHLO", code, text)
 
-    def __del__(self) -> None:
-        # A thread that ends takes its kept session with it (servers that use a thread per request).
+    def serves(self, smtp: SmtpOptions, helo: str) -> bool:
+        """Whether this session is for these settings and has not rested too long."""
+        return (self.smtp, self.helo) == (smtp, helo) and time.monotonic() - self.last_used < IDLE_LIMIT
+
+    def begin(self, deadline: float) -> None:
+        """Start a message that must be done by `deadline`: every reply is cut off there."""
+        self.client.deadline = deadline
+
+    def offers(self, extension: str) -> bool:
+        """Whether the relay's EHLO offered `extension` (PIPELINING, SIZE)."""
+        return self.client.has_extn(extension)
+
+    def size_limit(self) -> int:
+        """The relay's SIZE limit (RFC 1870), 0 when it names none."""
+        limit = self.client.esmtp_features.get("size", "")
+        return int(limit) if limit.isdigit() else 0
+
+    def command(self, line: str) -> tuple[int, bytes]:
+        """Send one command and read its reply."""
+        return self.client.docmd(line)
+
+    def send(self, data: bytes) -> None:
+        """Send bytes as they are (pipelined commands, message data)."""
+        self.client.send(data)
+
+    def reply(self) -> tuple[int, bytes]:
+        """Read one reply, within the message's deadline."""
+        return self.client.getreply()
+
+    @contextmanager
+    def writes_until(self, deadline: float) -> Iterator[None]:
+        """Cut the connection at `deadline` while the block writes, however slowly the relay reads."""
+        if self.client.sock is None:
+            raise smtplib.SMTPServerDisconnected("the relay closed the connection")
+        with DEADLINES.cut_off(self.client.sock, deadline):
+            yield
+
+    def close(self) -> None:
+        """End the session (QUIT is not waited for: the relay drops an unfinished transaction)."""
         self.client.close()
 
 
-_kept = threading.local()  # one session per worker thread, reused from message to message
+class _KeptSessions:
+    """The session each worker thread keeps for its next message; those of ended threads are closed as found."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_thread: dict[threading.Thread, RelaySession] = {}
+
+    def take(self, smtp: SmtpOptions, helo: str) -> RelaySession | None:
+        """This thread's session for these settings, if it has one that may serve; any other is closed."""
+        with self._lock:
+            ended = [thread for thread in self._by_thread if not thread.is_alive()]
+            stale = [self._by_thread.pop(thread) for thread in ended]
+            session = self._by_thread.pop(threading.current_thread(), None)
+        for old in stale:
+            old.close()
+        if session is not None and not session.serves(smtp, helo):
+            session.close()
+            session = None
+        return session
+
+    def keep(self, session: RelaySession) -> None:
+        """Keep `session` as this thread's, for its next message."""
+        session.last_used = time.monotonic()
+        with self._lock:
+            self._by_thread[threading.current_thread()] = session
+
+    def close_this_threads(self) -> None:
+        """Close this thread's kept session, if any."""
+        with self._lock:
+            session = self._by_thread.pop(threading.current_thread(), None)
+        if session is not None:
+            session.close()
 
 
-def kept_session(settings: tuple) -> smtplib.SMTP | None:
-    """This thread's session for `settings`, unless it rested too long or the settings changed."""
-    kept = getattr(_kept, "session", None)
-    if kept is not None and kept.settings == settings and time.monotonic() - kept.last_used < IDLE_LIMIT:
-        return kept.client
-    close_kept_session()
-    return None
-
-
-def keep_session(settings: tuple, client: smtplib.SMTP) -> None:
-    """Keep `client` as this thread's session (after a success, or to be closed on a failure)."""
-    kept = getattr(_kept, "session", None)
-    if kept is not None and kept.client is client:
-        kept.last_used = time.monotonic()
-    else:
-        _kept.session = _KeptSession(settings, client, time.monotonic())
+KEPT = _KeptSessions()
 
 
 def close_kept_session() -> None:
     """Close this thread's kept session with the relay, if any."""
-    kept = getattr(_kept, "session", None)
-    _kept.session = None
-    if kept is not None:
-        kept.client.close()
+    KEPT.close_this_threads()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from email_validator import EmailNotValidError, validate_email
 
-from app.attachments import TEXT_DIRECTION, Attachment, check_attachments
+from app.attachments import Attachment, check_attachments
 from app.errors import (
     BAD_USER_DATA_KEY,
     CONTROL_CHARACTER,
@@ -25,21 +25,12 @@ from app.errors import (
 )
 from app.form import Form
 from app.options import Options, ServiceOptions
-from app.options_schema import mailbox_address
+from app.rules import CONTROL_BUT_TAB, CONTROL_IN_VALUE, ENCODED_WORD_START, mailbox_address, mailbox_allowed
 
-# Anything that could end or bend a header line: C0 (but TAB), DEL, C1, Unicode line breaks, and the
-# format characters that reorder or hide text.
-CONTROL = re.compile(rf"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029{TEXT_DIRECTION}]")
-# In a userData value, which may hold line breaks and TABs (Widgets 9.x send textareas as userData): other C0, DEL, C1.
-VALUE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACE = r"(?:\t|[^\S\x00-\x1f\x7f-\x9f\u2028\u2029])"
 TRIM = re.compile(rf"^{_SPACE}+|{_SPACE}+$")
 SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 USER_DATA_FIELD = re.compile(r"userData\[(.*)\]", re.DOTALL)
-# "=?" is valid in an address's local part, but mail clients decode it as an RFC 2047 word and show another
-# address (or none) than the one the email was sent to or from.
-ENCODED_WORD_START = "=?"
-ENCODED_WORD_REFUSED = "{field} holds '=?', which mail clients would decode as an encoded word."
 MAX_TEXT = 256 * 1024  # characters
 MAX_USER_DATA = 100  # pairs
 MAX_USER_DATA_KEY, MAX_USER_DATA_VALUE = 256, 4096  # characters
@@ -85,7 +76,7 @@ def _one_line_fields(values: dict[str, str], problems: list[Problem]) -> dict[st
     found = {}
     for name, missing_code, longest in ONE_LINE_FIELDS:
         value = values.get(name, "")
-        if CONTROL.search(value):
+        if CONTROL_BUT_TAB.search(value):
             problems.append(_control_problem(name))
         elif not (value := trim(value)):
             problems.append(Problem(missing_code, f"{name} is missing.", field=name))
@@ -107,8 +98,8 @@ def _from_address(value: str, problems: list[Problem]) -> str:
                                 field="fromAddress"))
         return ""
     if ENCODED_WORD_START in address.normalized:
-        problems.append(Problem(INVALID_FROM_ADDRESS, ENCODED_WORD_REFUSED.format(field="fromAddress"),
-                                field="fromAddress"))
+        problems.append(Problem(INVALID_FROM_ADDRESS, "fromAddress holds '=?', which mail clients would decode as "
+                                "an encoded word.", field="fromAddress"))
         return ""
     return address.ascii_email or address.normalized  # IDN domains as punycode
 
@@ -121,10 +112,7 @@ def _mailbox(value: str, service: ServiceOptions, options: Options, problems: li
     except EmailNotValidError as exc:
         problems.append(Problem(INVALID_MAILBOX, f"mailbox is not a valid email address: {exc}", field="mailbox"))
         return ""
-    if ENCODED_WORD_START in mailbox:
-        problems.append(Problem(INVALID_MAILBOX, ENCODED_WORD_REFUSED.format(field="mailbox"), field="mailbox"))
-        return ""
-    if not options.mailbox_allowed(service, mailbox, trim(value)):
+    if not mailbox_allowed(mailbox, trim(value), options.configured_mailboxes, service.allowed_mailboxes):
         problems.append(Problem(INVALID_MAILBOX, "mailbox is not one this service may deliver to.", field="mailbox"))
     return mailbox
 
@@ -150,7 +138,7 @@ def _user_data(fields: list[tuple[str, str]], problems: list[Problem]) -> list[t
             key = match[1]
         else:
             continue
-        if CONTROL.search(key) or VALUE_CONTROL.search(value):
+        if CONTROL_BUT_TAB.search(key) or CONTROL_IN_VALUE.search(value):
             problems.append(_control_problem("userData"))
         elif not trim(key) or "=" in key:
             problems.append(Problem(BAD_USER_DATA_KEY, "A userData key is empty or holds '='.", field="userData"))

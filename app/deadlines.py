@@ -1,0 +1,67 @@
+"""Deadlines on sockets: a relay or a virus scanner that is too slow is cut off, however it trickles its answer."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Watch:
+    """One deadline on one socket; `expired` once the deadline cut it off."""
+
+    __slots__ = ("at", "sock", "expired")
+
+    def __init__(self, at: float, sock: socket.socket) -> None:
+        self.at, self.sock, self.expired = at, sock, False
+
+
+class Deadlines:
+    """At a deadline the socket is shut down, which ends any read or write waiting on it. A socket timeout bounds
+    each recv(); this bounds a whole reply, or a whole exchange.
+
+    One thread per process looks at the watched sockets every TICK seconds: a registration costs a set insert,
+    and deadlines are met to within a tick.
+    """
+
+    TICK = 0.05
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watches: set[Watch] = set()
+        self._pid = 0
+
+    @contextmanager
+    def cut_off(self, sock: socket.socket, at: float) -> Iterator[Watch]:
+        """Shut `sock` down if the block has not ended by `at` (a time.monotonic() value)."""
+        watch = Watch(at, sock)
+        with self._lock:
+            if self._pid != os.getpid():  # the first use in this process (a forked worker has no thread)
+                self._pid, self._watches = os.getpid(), set()
+                threading.Thread(target=self._run, name="socket-deadlines", daemon=True).start()
+            self._watches.add(watch)
+        try:
+            yield watch
+        finally:
+            with self._lock:
+                self._watches.discard(watch)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self._lock:
+                expired = [watch for watch in self._watches if watch.at <= now]
+                for watch in expired:
+                    self._watches.discard(watch)
+                    watch.expired = True
+            for watch in expired:
+                try:
+                    watch.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+DEADLINES = Deadlines()
