@@ -42,12 +42,14 @@ def workloads(folder: Path) -> dict[str, tuple[Path, str]]:
 
 
 class Server:
-    """One of A, N, H under gunicorn with the deploy configuration."""
+    """One of A, N, H under gunicorn with the deploy configuration; A from `root` (a checkout), with `extra`
+    lines in its options file."""
 
-    def __init__(self, name: str, folder: Path, smtp_port: int, workers: int = 2) -> None:
+    def __init__(self, name: str, folder: Path, smtp_port: int, workers: int = 2, root: Path = ROOT,
+                 extra: str = "") -> None:
         self.port = free_port()
         options = folder / "options.ini"
-        options.write_text(f"[email]\nmailbox = support@example.com\n[smtp]\nport = {smtp_port}\n")
+        options.write_text(f"[email]\nmailbox = support@example.com\n[smtp]\nport = {smtp_port}\n{extra}")
         metrics = folder / f"metrics-{name}"
         environment = {**os.environ, "OPTIONS_FILE": str(options), "GUNICORN_BIND": f"127.0.0.1:{self.port}",
                        "GUNICORN_WORKERS": str(workers), "PROMETHEUS_MULTIPROC_DIR": str(metrics),
@@ -55,7 +57,7 @@ class Server:
         self.log = open(folder / f"gunicorn-{name}.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", APPS[name]],
-            cwd=ROOT, env=environment, stdout=self.log, stderr=self.log)
+            cwd=root, env=environment, stdout=self.log, stderr=self.log)
         wait_for_port(self.port, self.process)
 
     def worker_pid(self) -> int:
@@ -102,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of A, N, H")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--posts", type=int, default=5, help="w3: posts of the 9.5 MB form")
+    parser.add_argument("--compare", metavar="REV", help="instead: A at git revision REV against A here, in "
+                        "alternating rounds (w1, w2)")
+    parser.add_argument("--scan", action="store_true", help="instead: A with and without [scan] clamd (a real "
+                        "clamd), in alternating rounds (w2)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="email-api-bench-") as name:
         folder = Path(name)
@@ -110,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         sink = subprocess.Popen(["smtp-sink", *as_root, f"127.0.0.1:{smtp_port}", "256"])
         try:
             wait_for_port(smtp_port, sink)
+            if args.compare or args.scan:
+                print(alternate(folder, smtp_port, args))
+                return 0
             runs = measure_throughput(folder, smtp_port, args)
             memory = measure_memory(folder, smtp_port, args.posts)
         finally:
@@ -117,6 +126,53 @@ def main(argv: list[str] | None = None) -> int:
             sink.wait()
     print(report(runs, memory, args))
     return 0
+
+
+def alternate(folder: Path, smtp_port: int, args: argparse.Namespace) -> str:
+    """Two variants of A in alternating rounds, so that the machine's drift hits both alike: A at another revision
+    (a temporary git worktree) and A here, or A without and with virus scanning."""
+    from bench.clamd import Clamd
+
+    bodies = workloads(folder)
+    variants: dict[str, dict] = {}
+    clamd = worktree = None
+    try:
+        if args.compare:
+            worktree = folder / "worktree"
+            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(worktree), args.compare], cwd=ROOT,
+                           check=True)
+            variants = {args.compare: {"root": worktree}, "here": {}}
+            names = ("w1", "w2")
+        else:
+            clamd = Clamd(stream_max_length="32M")
+            variants = {"scan off": {}, "scan on": {"extra": f"[scan]\nclamd = {clamd.socket}\n"}}
+            names = ("w2",)
+        rates: dict[tuple[str, str], list[float]] = {}
+        for _ in range(args.repeats):
+            for variant, settings in variants.items():
+                server = Server("A", folder, smtp_port, **settings)
+                try:
+                    for workload in names:
+                        body, content_type = bodies[workload]
+                        wrk(server.port, body, content_type, 1, args.connections)  # warm up
+                        result = wrk(server.port, body, content_type, args.seconds, args.connections)
+                        rates.setdefault((workload, variant), []).append(result["requests"] / result["seconds"])
+                finally:
+                    server.close()
+    finally:
+        if clamd is not None:
+            clamd.stop()
+        if worktree is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
+    first, second = variants
+    lines = [f"{args.repeats} alternating rounds of {args.seconds:g} s, {args.connections} connections; medians "
+             "(rounds)", "", f"| workload | {first} req/s | {second} req/s | {second} / {first} |", "|---|---|---|---|"]
+    for workload in names:
+        a, b = (statistics.median(rates[(workload, v)]) for v in (first, second))
+        spread = " ".join(f"{r:.0f}" for r in rates[(workload, first)]), " ".join(
+            f"{r:.0f}" for r in rates[(workload, second)])
+        lines.append(f"| {workload} | {a:.0f} ({spread[0]}) | {b:.0f} ({spread[1]}) | {b / a:.2f} |")
+    return "\n".join(lines)
 
 
 def measure_throughput(folder: Path, smtp_port: int, args: argparse.Namespace) -> dict[tuple[str, str], list[dict]]:

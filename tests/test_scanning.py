@@ -2,17 +2,12 @@
 started here in the foreground with a database of one signature, the EICAR test file) before anything is sent."""
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
-import os
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,56 +16,19 @@ from support import PDF, codes, metric
 
 from app.local import local_app
 from app.metrics import exposition
-
-# The EICAR test file, built here (never committed): every virus scanner reports it.
-EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-SIGNATURE = "Eicar-Test-Signature"
+from bench.clamd import EICAR, SIGNATURE, Clamd, clamd_executable
 
 
-class Clamd:
-    """clamd in the foreground with its own configuration and a one-signature database; stopped by PID."""
-
-    def __init__(self, stream_max_length: str = "10M") -> None:
-        if shutil.which("clamd") is None and not Path("/usr/sbin/clamd").exists():
-            pytest.skip("Debian's clamav-daemon is not installed (.ci/run installs it)")
-        self.folder = Path(tempfile.mkdtemp(prefix="clamd-"))  # a Unix socket's path must stay short
-        (self.folder / "db").mkdir()
-        (self.folder / "db" / "eicar.hdb").write_text(f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:{SIGNATURE}\n")
-        self.socket = str(self.folder / "clamd.sock")
-        (self.folder / "clamd.conf").write_text(
-            f"Foreground yes\nLocalSocket {self.socket}\nDatabaseDirectory {self.folder / 'db'}\n"
-            f"LogFile {self.folder / 'clamd.log'}\nStreamMaxLength {stream_max_length}\n")
-        executable = shutil.which("clamd") or "/usr/sbin/clamd"
-        self.process = subprocess.Popen([executable, f"--config-file={self.folder / 'clamd.conf'}"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while not self._answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("clamd did not start: " + self.process.stderr.read().decode(errors="replace"))
-            time.sleep(0.05)
-
-    def _answers(self) -> bool:
-        try:
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.settimeout(5)
-                sock.connect(self.socket)
-                sock.sendall(b"zPING\0")
-                return sock.recv(16) == b"PONG\0"
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        self.process.stderr.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+def start_clamd(**settings: str) -> Clamd:
+    if clamd_executable() is None:
+        pytest.skip("Debian's clamav-daemon is not installed (.ci/run installs it)")
+    return Clamd(**settings)
 
 
 @pytest.fixture(scope="module")
 def clamd():
     """A real clamd shared by this module's tests."""
-    server = Clamd()
+    server = start_clamd()
     yield server
     server.stop()
 
@@ -122,7 +80,7 @@ def test_a_clean_pdf_is_delivered_byte_identical_and_the_scan_time_is_logged(sca
 
 
 def test_clamd_stopped_mid_run_is_a_retry_and_nothing_is_sent(options_file, submit, smtp_server, caplog):
-    own = Clamd()
+    own = start_clamd()
     options_file.write(scan={"clamd": own.socket})
     assert submit(files=[("invoice.pdf", PDF)]).get_json()["statusCode"] == 0
     own.stop()
@@ -140,7 +98,7 @@ def test_clamd_stopped_mid_run_is_a_retry_and_nothing_is_sent(options_file, subm
 
 def test_clamd_refusing_a_stream_over_its_limit_is_a_retry_with_the_reason_logged(options_file, submit,
                                                                                   smtp_server, caplog):
-    small = Clamd(stream_max_length="1K")
+    small = start_clamd(stream_max_length="1K")
     try:
         options_file.write(scan={"clamd": small.socket})
         with caplog.at_level(logging.INFO, logger="app"):

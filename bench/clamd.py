@@ -1,0 +1,64 @@
+"""A real clamd (Debian's clamav-daemon) for the tests and the benchmark: in the foreground, with a configuration
+of its own and a database of one signature, the EICAR test file, so that no signature download is needed."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+# The EICAR test file, built here (never committed): every virus scanner reports it.
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+SIGNATURE = "Eicar-Test-Signature"
+
+
+def clamd_executable() -> str | None:
+    """Where Debian's clamd is, if it is installed (/usr/sbin is not on every user's PATH)."""
+    return shutil.which("clamd") or next((p for p in ("/usr/sbin/clamd",) if Path(p).exists()), None)
+
+
+class Clamd:
+    """clamd listening on a Unix socket of its own; stopped by PID."""
+
+    def __init__(self, stream_max_length: str = "10M") -> None:
+        executable = clamd_executable()
+        if executable is None:
+            raise FileNotFoundError("clamd (Debian's clamav-daemon) is not installed")
+        self.folder = Path(tempfile.mkdtemp(prefix="clamd-"))  # a Unix socket's path must stay short
+        (self.folder / "db").mkdir()
+        (self.folder / "db" / "eicar.hdb").write_text(f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:{SIGNATURE}\n")
+        self.socket = str(self.folder / "clamd.sock")
+        (self.folder / "clamd.conf").write_text(
+            f"Foreground yes\nLocalSocket {self.socket}\nDatabaseDirectory {self.folder / 'db'}\n"
+            f"LogFile {self.folder / 'clamd.log'}\nStreamMaxLength {stream_max_length}\n")
+        self.process = subprocess.Popen([executable, f"--config-file={self.folder / 'clamd.conf'}"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("clamd did not start: " + self.process.stderr.read().decode(errors="replace"))
+            time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(self.socket)
+                sock.sendall(b"zPING\0")
+                return sock.recv(16) == b"PONG\0"
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Stop clamd by its PID and remove its folder."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
