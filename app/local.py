@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import mailbox
@@ -90,20 +91,32 @@ def clamd_argument(text: str) -> str:
 
 
 def local_app(options: str | None, maildir: Path, relay: tuple[str, int] | None = None,
-              clamd: str | None = None) -> Flask:
-    """The service with the local run's own pages: the example form at / and the captured mail at /mailbox/."""
+              clamd: str | None = None, captured: bool | None = None) -> Flask:
+    """The service with the local run's own pages: the example form at / and the captured mail at /mailbox/.
+
+    `relay` replaces [smtp]'s host and port; unless `captured` says the embedded server listens there (the default
+    without a relay), the mailbox page says that mail goes to that relay."""
     app = create_app(options, relay, clamd)
     app.add_url_rule("/", view_func=contact_form)
-    mailbox_view.register(app, maildir, f"{relay[0]}:{relay[1]}" if relay else "")
+    elsewhere = relay is not None and not captured
+    mailbox_view.register(app, maildir, f"{relay[0]}:{relay[1]}" if relay and elsewhere else "")
     return app
 
 
 def main(argv: list[str] | None = None) -> int:
     """Start the embedded SMTP server where [smtp] points (unless --relay), then the service on --host:--port."""
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--maildir", type=Path, default=Path("maildir"))
+    parser = argparse.ArgumentParser(
+        prog="python -m app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="other command:\n  python -m app check [FILE]  validate an options file (default: $OPTIONS_FILE or "
+               "options.ini) and exit,\n                              touching nothing (exit 1 and every problem, or "
+               "0 and a summary)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the service listens on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP port of the service (default: %(default)s)")
+    parser.add_argument("--maildir", type=Path, default=Path("maildir"),
+                        help="folder where the embedded SMTP server keeps every email (default: ./%(default)s)")
+    parser.add_argument("--smtp-port", type=int, metavar="PORT",
+                        help="port of the embedded SMTP server, in place of [smtp] port (default: options.ini's, "
+                             "2525 as shipped)")
     parser.add_argument("--options", help="options file (default: $OPTIONS_FILE or options.ini)")
     parser.add_argument("--relay", type=relay_address, metavar="HOST:PORT",
                         help="deliver to this SMTP relay (the rest of [smtp] still applies) instead of the "
@@ -114,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    embedded = ("127.0.0.1", args.smtp_port) if args.smtp_port and args.relay is None else None
     try:
-        app = local_app(args.options, args.maildir, args.relay, args.clamd)
+        app = local_app(args.options, args.maildir, args.relay or embedded, args.clamd, captured=args.relay is None)
     except OptionsError as error:
         print("The service cannot start: options.ini has problems:", *error.problems, sep="\n  ", file=sys.stderr)
         return 1
@@ -128,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         controller = Controller(MaildirHandler(args.maildir), hostname=smtp.host, port=smtp.port)
         try:
             controller.start()
-        except OSError as error:  # e.g. another run still holds the port
+        except OSError as error:
+            taken = (" — another local run, or another SMTP server, holds that port: stop it, or give this run "
+                     "its own ports with --smtp-port and --port") if error.errno == errno.EADDRINUSE else ""
             print(f"The embedded SMTP server cannot listen on {smtp.host}:{smtp.port} ([smtp] host and port): "
-                  f"{error.strerror or error}", file=sys.stderr)
+                  f"{error.strerror or error}{taken}", file=sys.stderr)
             return 1
         log.info("embedded SMTP server on %s:%d stores emails in %s/new", smtp.host, smtp.port, args.maildir)
     else:

@@ -12,14 +12,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.ports import system_program
+
 # The EICAR test file, built here (never committed): every virus scanner reports it.
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 SIGNATURE = "Eicar-Test-Signature"
 
 
 def clamd_executable() -> str | None:
-    """Where Debian's clamd is, if it is installed (/usr/sbin is not on every user's PATH)."""
-    return shutil.which("clamd") or next((p for p in ("/usr/sbin/clamd",) if Path(p).exists()), None)
+    """Where Debian's clamd is, if it is installed."""
+    return system_program("clamd")
 
 
 class Clamd:

@@ -1,6 +1,8 @@
-"""Loopback ports for the servers that the benchmark and the tests start."""
+"""Loopback ports, and where the system's programs are, for the servers that the benchmark and the tests start."""
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import time
@@ -30,3 +32,8 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> 
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port}")
+
+
+def system_program(name: str) -> str | None:
+    """Where a program from Debian's packages is, also in /usr/sbin and /sbin (not on every user's PATH)."""
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))

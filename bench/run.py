@@ -17,7 +17,7 @@ import urllib.parse
 from pathlib import Path
 
 from bench.forms import GOOD_FORM, multipart
-from bench.ports import free_port, wait_for_port
+from bench.ports import free_port, system_program, wait_for_port
 
 ROOT = Path(__file__).parent.parent
 APPS = {"A": "wsgi:app", "N": "bench.naive:app", "H": "bench.hello:app"}
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(name)
         smtp_port = free_port()
         as_root = ["-u", "nobody"] if os.geteuid() == 0 else []
-        sink = subprocess.Popen(["smtp-sink", *as_root, f"127.0.0.1:{smtp_port}", "256"])
+        sink = subprocess.Popen([system_program("smtp-sink") or "smtp-sink", *as_root, f"127.0.0.1:{smtp_port}", "256"])
         try:
             wait_for_port(smtp_port, sink)
             if args.compare or args.scan:

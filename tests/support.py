@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
+import io
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.forms import GOOD_FORM, multipart  # noqa: F401 - shared with the benchmark
-from bench.ports import free_port, wait_for_port  # noqa: F401 - shared with the tests
+from bench.ports import free_port, system_program, wait_for_port  # noqa: F401 - shared with the tests
 
 ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data"
@@ -28,6 +30,15 @@ PNG = (
 )
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 DEPLOY_CONFIG = ("-c", "deploy/gunicorn.conf.py")
+
+
+def zipped(*entries: tuple[str, bytes | str]) -> bytes:
+    """A zip archive of these (name, content) entries, the same bytes on every run (a fixed timestamp)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in entries:
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), content)
+    return buffer.getvalue()
 
 
 @dataclass

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from support import GOOD_FORM, PDF, PNG, LineWatcher, Received, free_port, multipart
+from support import GOOD_FORM, PDF, PNG, ROOT, LineWatcher, Received, free_port, multipart
 
-ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.e2e
 REQUESTS, CLIENTS, FAULT_RATE = 2000, 16, 0.10
 SLOW_MARK, SLOW_RELAY, CLIENT_GIVES_UP = b"pace=slow", 0.5, 0.25  # seconds

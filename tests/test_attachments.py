@@ -1,9 +1,8 @@
 """Attachments (contract section 3): limits, types, content, names, and bytes that arrive intact."""
 import io
-import zipfile
 
 import pytest
-from support import PDF, PNG, codes
+from support import PDF, PNG, codes, zipped
 
 GIF = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
 JPG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 32
@@ -12,10 +11,7 @@ DOC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504 + b"\xec\xa5\xc1\x00" 
 
 
 def _zip() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("a.txt", "hello")
-    return buffer.getvalue()
+    return zipped(("a.txt", "hello"))
 
 
 def attachments(received):

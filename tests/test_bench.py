@@ -3,15 +3,14 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from support import ROOT, system_program
 
-ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.skipif(not (shutil.which("wrk") and shutil.which("smtp-sink")),
+@pytest.mark.skipif(not (shutil.which("wrk") and system_program("smtp-sink")),
                     reason="needs wrk and Postfix's smtp-sink (Debian packages; .ci/run installs them)")
 def test_the_benchmark_runs_and_reports_its_table():
     result = subprocess.run([sys.executable, "-m", "bench.run", "--seconds", "1", "--repeats", "1",

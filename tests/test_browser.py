@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from support import GOOD_FORM, PDF, PNG, free_port, multipart
+from support import GOOD_FORM, PDF, PNG, ROOT, free_port, multipart
 from werkzeug.serving import make_server
 
 from app.local import MaildirHandler, local_app
 
-ROOT = Path(__file__).parent.parent
 CHROMIUM = shutil.which("chromium")
 SCREENSHOTS = ROOT / "build" / "screenshots"
 pytestmark = [pytest.mark.e2e,

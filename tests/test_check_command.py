@@ -4,11 +4,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).parent.parent
+from support import ROOT
 
 
 @pytest.fixture

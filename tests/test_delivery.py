@@ -29,7 +29,7 @@ def test_temporary_failure_is_retryable(submit, smtp_server, stage, reply):
 @pytest.mark.parametrize("fault", ("stall", "drop"))
 def test_no_reply_to_the_end_of_data_is_retryable_and_logged_as_ambiguous(submit, smtp_server, caplog, fault):
     smtp_server.faults["END"] = fault
-    with caplog.at_level(logging.WARNING, logger="app.email_api"):
+    with caplog.at_level(logging.WARNING, logger="app.delivery"):
         response = submit()
     assert response.get_json()["statusCode"] == 1
     assert any("ambiguous" in record.getMessage() for record in caplog.records)

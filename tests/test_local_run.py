@@ -13,16 +13,13 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from support import GOOD_FORM, PDF, free_port, multipart, wait_for_port
+from support import GOOD_FORM, PDF, ROOT, free_port, multipart, wait_for_port
 
 from app import create_app
 from app.local import MaildirHandler, local_app, relay_address
-
-ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture
@@ -163,7 +160,38 @@ def test_a_taken_smtp_port_is_one_clear_line_not_a_traceback(options_file, tmp_p
                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "The embedded SMTP server cannot listen on 127.0.0.1:" in result.stderr
+    assert "another local run" in result.stderr and "--smtp-port" in result.stderr  # what holds it, and the way out
     assert "Traceback" not in result.stderr
+
+
+def test_the_smtp_port_of_the_local_run_is_a_command_line_option(options_file, tmp_path):
+    """A second local run beside one on the defaults: its own --port and --smtp-port, whatever options.ini says."""
+    http_port, smtp_port = free_port(), free_port()
+    process = subprocess.Popen([sys.executable, "-m", "app", "--port", str(http_port), "--smtp-port", str(smtp_port),
+                                "--options", str(options_file.path), "--maildir", str(tmp_path / "maildir")],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(http_port, process)
+        body = urllib.parse.urlencode(GOOD_FORM).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/genesys/2/email/support", body, timeout=30) as r:
+            answer = json.loads(r.read())
+    finally:
+        process.terminate()
+        log = process.communicate(timeout=30)[1]
+    assert answer["statusCode"] == 0, log
+    assert f"embedded SMTP server on 127.0.0.1:{smtp_port}" in log
+    assert len(list((tmp_path / "maildir" / "new").iterdir())) == 1
+
+
+def test_help_lists_the_check_command_and_every_default():
+    result = subprocess.run([sys.executable, "-m", "app", "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    assert "python -m app check [FILE]" in result.stdout
+    options = result.stdout.split("\noptions:", 1)[1]
+    for option in ("--host", "--port", "--maildir", "--smtp-port"):
+        line = options.split(f"  {option} ", 1)[1].split("\n  --", 1)[0]
+        assert "default" in line, (option, line)
 
 
 def test_an_email_from_another_sender_is_listed_and_opened_by_its_maildir_key(local, options_file):
@@ -201,9 +229,10 @@ def test_an_email_in_an_unknown_charset_is_shown_not_a_500(local, maildir):
     assert local.get("/mailbox/").status_code == 200
 
 
-def test_the_list_reads_only_the_headers_of_large_emails(local, maildir):
+def test_the_list_reads_only_the_headers_of_large_emails(local, maildir, options_file):
     import tracemalloc
 
+    options_file.write(smtp={"timeout": "10"})  # 4 MB to the embedded server, on a busy machine too
     for number in range(3):
         send(local, files=[(f"big{number}.pdf", PDF + os.urandom(3 * 1024 * 1024))])
     tracemalloc.start()

@@ -19,9 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support import GOOD_FORM, LineWatcher, free_port
+from support import GOOD_FORM, ROOT, LineWatcher, free_port
 
-ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.e2e
 BROKEN = ("[email]\nmailbox = support@example.com\nmax_size = 10 lots\n[smtp\n", None)  # None: delete the file
 RUNS = {"deploy config": ["-c", "deploy/gunicorn.conf.py"], "no config": ["-w", "2"]}

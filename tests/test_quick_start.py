@@ -13,9 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import GOOD_FORM, free_port, wait_for_port
+from support import GOOD_FORM, ROOT, free_port, wait_for_port
 
-ROOT = Path(__file__).parent.parent
 DEBIAN_PYTHON = Path("/usr/bin/python3")
 
 
@@ -41,12 +40,17 @@ def test_the_first_command_serves_a_form_with_debians_python3(tmp_path):
     bin_folder.mkdir()
     (bin_folder / "python3").symlink_to(DEBIAN_PYTHON)
     port = free_port()
-    run = quick_start_commands()[0] + f" --port {port}"
+    run = quick_start_commands()[0] + f" --port {port} --smtp-port {free_port()}"  # beside a run on the defaults
     environment = {"PATH": f"{bin_folder}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     server = subprocess.Popen(["/bin/sh", "-c", run], cwd=clone, env=environment, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        wait_for_port(port, server, timeout=600)  # the first run installs the service from PyPI
+        try:
+            wait_for_port(port, server, timeout=600)  # the first run installs the service from PyPI
+        except RuntimeError:
+            os.killpg(server.pid, 15)
+            log = server.communicate(timeout=60)[1]
+            raise AssertionError("the first command did not start:\n" + log[-3000:]) from None
         request = urllib.request.Request(f"http://127.0.0.1:{port}/genesys/2/email/support",
                                          urllib.parse.urlencode(GOOD_FORM).encode())
         with urllib.request.urlopen(request, timeout=30) as response:

@@ -2,17 +2,15 @@
 started here in the foreground with a database of one signature, the EICAR test file) before anything is sent."""
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 import socket
 import tempfile
 import threading
-import zipfile
 from pathlib import Path
 
 import pytest
-from support import PDF, codes, metric
+from support import PDF, codes, metric, zipped
 
 from app.local import local_app
 from app.metrics import exposition
@@ -40,14 +38,7 @@ def scanning(clamd, options_file):
     return clamd
 
 
-def zipped(name: str, content: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), content)
-    return buffer.getvalue()
-
-
-@pytest.mark.parametrize(("name", "content"), (("eicar.txt", EICAR), ("photos.zip", zipped("eicar.com", EICAR))),
+@pytest.mark.parametrize(("name", "content"), (("eicar.txt", EICAR), ("photos.zip", zipped(("eicar.com", EICAR)))),
                          ids=("txt", "inside-a-zip"))
 def test_an_infected_file_is_refused_with_203_and_nothing_is_sent(scanning, submit, smtp_server, caplog, name,
                                                                   content):

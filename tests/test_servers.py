@@ -14,9 +14,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from support import DATA, PDF, free_port, multipart
-
-ROOT = Path(__file__).parent.parent
+from support import DATA, PDF, ROOT, free_port, multipart
 
 
 def start(command: list[str], ready: str, env: dict[str, str]) -> subprocess.Popen:
