@@ -20,8 +20,10 @@ SMTP_SECONDS = Histogram("email_smtp_round_trip_seconds", "Time from connecting 
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 DELIVERY_FAILURES = Counter("email_delivery_failures", "Deliveries that failed, by SMTP stage and outcome",
                             ["stage", "outcome"])
-RELAY_UP = Gauge("email_relay_up", "1 when this process's last delivery reached the relay, 0 when it could not connect "
-                 "(0 before the first delivery)", multiprocess_mode="livemax")
+RELAY_UP = Gauge("email_relay_up", "1 when this node's last delivery attempt reached the relay, 0 when it could not "
+                 "connect (0 before the first attempt)", multiprocess_mode="mostrecent")
+NODE_ONLINE = Gauge("email_node_online", "1 while the node takes traffic (ONLINE), 0 while it is drained (OFFLINE)",
+                    multiprocess_mode="mostrecent")
 ATTACHMENT_BYTES = Counter("email_attachment_bytes", "Bytes of attachments delivered")
 DUPLICATES = Counter("email_duplicates", "Forms answered with an earlier delivery's interactionId, not sent again",
                      ["service"])

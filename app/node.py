@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from app.errors import BAD_CREDENTIALS, ApiError
 from app.request_options import request_options
 
 bp = Blueprint("node", __name__)
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 STATUSES = ("ONLINE", "OFFLINE")
 
@@ -96,12 +98,24 @@ def status() -> Response:
 @admin_required
 def change_status(new_status: str) -> Response:
     """Drain (OFFLINE) or undrain (ONLINE) this node."""
-    node_status().set(new_status)
+    set_node_status(new_status)
     return Response(new_status, content_type="text/plain;charset=utf-8")
+
+
+def set_node_status(new_status: str) -> None:
+    """Drain or undrain, with an event in the log: who, from where, the old and the new state."""
+    status = node_status()
+    old = status.get()
+    status.set(new_status)
+    metrics.NODE_ONLINE.set(1 if new_status == "ONLINE" else 0)
+    user = request.authorization.username if request.authorization else None
+    log.info("node status %s -> %s by %s from %s", old, new_status, user, request.remote_addr, extra={"fields": {
+        "event": "node_status", "old": old, "new": new_status, "user": user, "client": request.remote_addr}})
 
 
 @bp.get("/metrics")
 def metrics_page() -> Response:
     """The Prometheus metrics of every worker."""
+    metrics.NODE_ONLINE.set(1 if node_status().get() == "ONLINE" else 0)  # as the status file says now
     body, content_type = metrics.exposition()
     return Response(body, content_type=content_type)

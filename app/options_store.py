@@ -104,6 +104,8 @@ class OptionsStore:
         if not self._lock.acquire(timeout=-1 if wait else REQUEST_WAIT):
             return
         try:
+            if self._published_in != os.getpid():  # a new worker shows its version before it serves anything
+                self._publish_version()
             if time.monotonic() - self._checked < self._in_force.options.reload_interval:
                 return
             try:

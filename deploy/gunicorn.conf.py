@@ -20,7 +20,9 @@ timeout = 60
 preload_app = True
 graceful_timeout = 60
 keepalive = 5
-accesslog = "-"
+# No access log: the service writes one JSON line per request itself (with its outcome), and gunicorn's line in
+# another format would follow each one in the same stream.
+accesslog = None
 errorlog = "-"
 capture_output = True
 

@@ -160,8 +160,8 @@ class Gunicorn:
                        "EMAIL_API_STATE_DIR": str(folder / "state"), **(environment or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", *arguments, "-b", f"127.0.0.1:{self.port}", "wsgi:app"], cwd=ROOT,
-            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.log = LineWatcher(self.process.stderr)
+            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # one stream, as journald
+        self.log = LineWatcher(self.process.stdout)
         self.wait_for_workers()
 
     def workers(self) -> set[int]:

@@ -86,3 +86,19 @@ def test_the_admin_api_refuses_a_foreign_origin_even_with_credentials(admin, cli
 def test_the_admin_api_serves_its_own_origin(admin, client):
     response = client.post("/genesys/1/admin/node/changestatus/OFFLINE", headers={**ADMIN, "Origin": "http://localhost"})
     assert response.status_code == 200
+
+
+def test_a_drain_and_an_undrain_are_events_in_the_log_and_a_metric(admin, client, caplog):
+    import logging
+
+    from support import metric
+
+    with caplog.at_level(logging.INFO, logger="app"):
+        client.post("/genesys/1/admin/node/changestatus/OFFLINE", headers=ADMIN)
+        offline = metric(client.get("/metrics").get_data(as_text=True), "email_node_online")
+        client.post("/genesys/1/admin/node/changestatus/ONLINE", headers=ADMIN)
+        online = metric(client.get("/metrics").get_data(as_text=True), "email_node_online")
+    events = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "node_status"]
+    assert [(e["old"], e["new"], e["user"], e["client"]) for e in events] == [
+        ("ONLINE", "OFFLINE", "ops", "127.0.0.1"), ("OFFLINE", "ONLINE", "ops", "127.0.0.1")]
+    assert (offline, online) == (0, 1)

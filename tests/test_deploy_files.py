@@ -1,0 +1,75 @@
+"""What the shipped deployment files and their documentation promise together, read from the files themselves."""
+import re
+import subprocess
+
+from support import ROOT, free_port, system_program
+
+from app.delivery import DELIVERY_TIMEOUTS
+from app.options_schema import OTHER_SECTIONS_SPEC
+
+
+def setting(path: str, pattern: str) -> float:
+    return float(re.search(pattern, (ROOT / path).read_text(), re.M)[1])
+
+
+def test_each_timeout_of_the_ladder_is_above_the_one_before():
+    longest_reply = float(re.search(r"^timeout = float\(min=[\d.]+, max=([\d.]+)", OTHER_SECTIONS_SPEC, re.M)[1])
+    delivery = DELIVERY_TIMEOUTS * longest_reply
+    nginx = setting("deploy/nginx.conf", r"^\s*proxy_read_timeout (\d+)s;")
+    graceful = setting("deploy/gunicorn.conf.py", r"^graceful_timeout = (\d+)")
+    systemd = setting("deploy/email-api.service", r"^TimeoutStopSec=(\d+)")
+    assert delivery < nginx and delivery < graceful < systemd
+
+
+def test_systemd_does_not_restart_a_start_refused_for_a_broken_options_file():
+    unit = (ROOT / "deploy" / "email-api.service").read_text()
+    assert re.search(r"^Restart=on-failure$", unit, re.M)
+    assert re.search(r"^RestartPreventExitStatus=.*\b3\b", unit, re.M)
+
+
+def test_the_state_folder_of_the_unit_survives_a_restart():
+    """The duplicate check's fingerprints live there: a resend after a restart must still be recognised."""
+    unit = (ROOT / "deploy" / "email-api.service").read_text()
+    folder = re.search(r"^Environment=EMAIL_API_STATE_DIR=(\S+)$", unit, re.M)[1]
+    assert folder == "/var/lib/email-api" and re.search(r"^StateDirectory=email-api$", unit, re.M)
+    assert re.search(r"^StateDirectoryMode=0700$", unit, re.M)
+
+
+def test_the_deployment_steps_make_the_tls_pair_the_site_names_before_nginx_t():
+    steps = (ROOT / "docs" / "deployment.md").read_text()
+    assert steps.index("make-ssl-cert generate-default-snakeoil") < steps.index("nginx -t")
+
+
+def test_every_check_command_in_the_docs_names_the_file_it_checks():
+    """Without a path, `python -m app check` checks the options.ini of the working folder and says "valid"."""
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for command in re.findall(r"python -m app check[^\n`]*", page.read_text()):
+            assert re.match(r"python -m app check (\S+)", command) and not command.startswith(
+                "python -m app check)"), (page.name, command)
+
+
+def test_the_upgrade_steps_name_no_tag_that_does_not_exist():
+    tags = set(subprocess.run(["git", "tag"], cwd=ROOT, capture_output=True, text=True).stdout.split())
+    named = set(re.findall(r"\bv\d+\.\d+\.\d+\b", (ROOT / "docs" / "operating.md").read_text()))
+    assert named <= tags
+
+
+def test_the_site_offers_real_ip_for_a_load_balancer_and_nginx_accepts_it(tmp_path):
+    """Behind a balancer every customer would share one limit_req budget unless nginx takes real_ip."""
+    site = (ROOT / "deploy" / "nginx.conf").read_text()
+    lines = ("# set_real_ip_from ", "# real_ip_header X-Forwarded-For;", "# real_ip_recursive on;")
+    assert all(line in site for line in lines)
+    nginx = system_program("nginx")
+    if nginx is None:
+        return
+    for line in lines:
+        site = site.replace(line, line[2:])
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{free_port()};").replace("listen 443 ssl;", "")
+    site = "\n".join(line for line in site.splitlines() if "ssl_" not in line)
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+                                         f"events {{}}\nhttp {{ include {tmp_path}/site.conf; }}\n")
+    result = subprocess.run([nginx, "-t", "-q", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+
