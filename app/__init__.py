@@ -16,7 +16,7 @@ def create_app(options_path: str | Path | None = None, relay: tuple[str, int] | 
     `relay` (host, port) replaces the relay that [smtp] names, `clamd` the scanner of [scan] (the local run's
     --relay and --clamd)."""
     # Imported here, so that `python -m app check` loads neither metrics nor the request path.
-    from app import cors, email_api, node, request_log, responses
+    from app import cors, email_api, node, request_log, responses, status_page
     from app.options_store import OptionsStore
     from app.request_options import OptionsPerRequest
 
@@ -32,4 +32,5 @@ def create_app(options_path: str | Path | None = None, relay: tuple[str, int] | 
     responses.register(app)
     app.register_blueprint(email_api.bp)
     app.register_blueprint(node.bp)
+    app.register_blueprint(status_page.bp)
     return app

@@ -22,6 +22,7 @@ from app.errors import (
 )
 from app.message import Envelope, OutgoingEmail
 from app.options import SmtpOptions
+from app.recent import RECENT
 from app.smtp_session import KEPT, RelaySession, SetupRefused
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ def deliver(email: OutgoingEmail, smtp: SmtpOptions) -> None:
         metrics.SMTP_SECONDS.observe(time.monotonic() - started)
     metrics.RELAY_UP.set(1)
     metrics.ATTACHMENT_BYTES.inc(email.attachment_bytes)
+    RECENT.relay("delivered", "250")
 
 
 def _log_failure(error: DeliveryError, email: OutgoingEmail, smtp: SmtpOptions) -> None:
@@ -215,6 +217,8 @@ def _log_failure(error: DeliveryError, email: OutgoingEmail, smtp: SmtpOptions) 
     relay, stage = f"{smtp.host}:{smtp.port}", error.stage or "unknown"
     metrics.DELIVERY_FAILURES.labels(stage, error.outcome).inc()
     metrics.RELAY_UP.set(0 if stage == "connect" and error.reply_code is None else 1)
+    RECENT.relay(error.outcome, error.reason or "")
+    RECENT.failure("delivery", email.interaction_id, f"{error.outcome} at {stage}: {error.reason}")
     ambiguous = error.outcome == "ambiguous"
     what = ("the end of DATA was sent but no reply came; the relay may have it (ambiguous)"
             if ambiguous else f"{error.outcome} at {stage}")

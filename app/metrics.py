@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -47,3 +48,13 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def options_versions() -> dict[str, float]:
+    """The options version each live process serves, by pid (this process alone outside multiprocess mode)."""
+    versions = {}
+    for line in exposition()[0].decode().splitlines():
+        match = re.fullmatch(r'email_options_version(?:\{pid="(\d+)"\})? (\S+)', line)
+        if match:
+            versions[match[1] or str(os.getpid())] = float(match[2])
+    return versions

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from app import metrics
+from app.recent import RECENT
 
 log = logging.getLogger("app.requests")
 
@@ -25,6 +26,7 @@ def _log_request(response: Response) -> Response:
     fields = g.get("log_fields", {})
     if request.endpoint == "email_api.submit":
         metrics.REQUESTS.labels(fields.get("service", "email"), fields.get("outcome", "error")).inc()
+        RECENT.outcome(fields.get("outcome", "error"))
         for code in fields.get("error_codes", ()):
             metrics.ERRORS.labels(str(code)).inc()
     log.info("%s %s %d", request.method, request.path, response.status_code, extra={"fields": {

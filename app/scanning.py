@@ -18,6 +18,7 @@ from app.attachments import Attachment
 from app.deadlines import DEADLINES
 from app.errors import FILE_TYPE_NOT_ALLOWED, ApiError, Problem, RetryLater
 from app.options import ScanOptions
+from app.recent import RECENT
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024  # bytes per INSTREAM chunk
@@ -108,6 +109,7 @@ def scan_attachments(attachments: list[Attachment], scan: ScanOptions) -> float:
         found = infected(attachments, scan.clamd, scan.timeout)
     except ScanFailed as exc:
         metrics.SCANS.labels("error").inc()
+        RECENT.failure("virus scan", "", str(exc))
         log.warning("virus scan failed, nothing delivered: %s", exc, extra={"fields": {
             "event": "scan_failed", "clamd": scan.clamd, "reason": str(exc)}})
         raise RetryLater(outcome="scan_failed", reason=str(exc)) from None

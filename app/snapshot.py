@@ -62,6 +62,32 @@ class StateFolder:
         """A path to `name` through the held descriptor, for libraries that open files by path (SQLite)."""
         return f"/proc/self/fd/{self.fd}/{name}"
 
+    def write(self, name: str, content: bytes) -> None:
+        """Write `name` whole under a temporary name, then rename it into place; the temporary file never stays.
+        Raises OSError when the folder cannot be written (full, read-only)."""
+        temporary = f".{name}-{os.getpid()}-{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=self.fd)
+            with os.fdopen(fd, "wb") as out:
+                out.write(content)
+            os.replace(temporary, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            try:
+                os.unlink(temporary, dir_fd=self.fd)
+            except OSError:
+                pass
+            raise
+
+    def read(self, name: str, limit: int = 1024 * 1024) -> bytes | None:
+        """The bytes of regular file `name` (at most `limit`), or None when there is none."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.fd)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as file:
+            return file.read(limit) if stat.S_ISREG(os.fstat(file.fileno()).st_mode) else None
+
 
 _folders: dict[str, StateFolder] = {}
 _folders_lock = threading.Lock()
@@ -110,13 +136,10 @@ class NodeSnapshot:
         """The snapshot's record, or None when there is none yet or it does not verify (logged once)."""
         name = self._file(".json")
         self._seen = self._signature(name)
+        content = self.folder.read(name)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.folder.fd)
-            with os.fdopen(fd, "rb") as file:
-                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                    raise ValueError("not a regular file")
-                record = json.loads(file.read())
-        except (OSError, ValueError):
+            record = json.loads(content) if content is not None else None
+        except ValueError:
             return None
         if not (isinstance(record, dict) and {"version", "digest", "text"} <= record.keys()
                 and isinstance(record["text"], str) and isinstance(record["version"], int)):
@@ -147,25 +170,10 @@ class NodeSnapshot:
             if record is None:
                 self._forget_ended_nodes()
             version = max(int(record["version"]) if record else 0, at_least) + 1
-            self._write(json.dumps({"version": version, "digest": digest, "text": raw.decode("utf-8")}).encode())
+            record = {"version": version, "digest": digest, "text": raw.decode("utf-8")}
+            self.folder.write(self._file(".json"), json.dumps(record).encode())
             self._seen = self._signature(self._file(".json"))
             return version
-
-    def _write(self, content: bytes) -> None:
-        """Write the record under a temporary name, then rename it into place; the temporary file never stays."""
-        temporary = f".{self.name}-{os.getpid()}-{threading.get_ident()}.tmp"
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=self.folder.fd)
-            with os.fdopen(fd, "wb") as out:
-                out.write(content)
-            os.replace(temporary, self._file(".json"), src_dir_fd=self.folder.fd, dst_dir_fd=self.folder.fd)
-        except BaseException:
-            try:
-                os.unlink(temporary, dir_fd=self.folder.fd)
-            except OSError:
-                pass
-            raise
 
     def _forget_ended_nodes(self) -> None:
         """Remove the snapshots of earlier runs, whose process group has ended."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import re
 import shutil
 import threading
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -250,3 +253,45 @@ def test_the_mailbox_shows_what_the_contact_center_receives(browser, local_run, 
     page.click("text=Show the source")
     assert f"X-Genesys-Interaction-Id: {first}" in page.inner_text("#source")
     context.close()
+
+
+@pytest.mark.parametrize("viewport", ({"width": 1000, "height": 900}, {"width": 390, "height": 844}),
+                         ids=("desktop", "phone"))
+def test_an_operator_reads_the_status_page_and_drains_the_node(browser, app, options_file, smtp_server, viewport):
+    options_file.write(admin={"username": "ops", "password": "s3cr%t"},
+                       smtp={"password": "relay-pa55"},  # a secret the page must hide
+                       server={"status_file": f"/tmp/status-page-test-{os.getpid()}.status"})  # shown on the page
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    serve_in_thread(server)
+    submit = f"http://127.0.0.1:{server.server_port}/genesys/2/email/support"
+    for fault in (None, "450 4.2.1 mailbox busy, try later"):  # one delivered, one retry, for the page to show
+        smtp_server.faults["RCPT"] = fault
+        with urllib.request.urlopen(submit, urllib.parse.urlencode(GOOD_FORM).encode(), timeout=30):
+            pass
+    del smtp_server.faults["RCPT"]
+    context = browser.new_context(viewport=viewport, http_credentials={"username": "ops", "password": "s3cr%t"})
+    try:
+        page = context.new_page()
+        url = f"http://127.0.0.1:{server.server_port}/genesys/1/admin/"
+        page.goto(url)
+        assert page.inner_text("#node-status") == "ONLINE"
+        assert "relay-pa55" not in page.content() and "[smtp]" in page.inner_text("body")
+        # Readable at phone width: nothing wider than the screen but the tables' own scroll boxes.
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        name = "status-page" if viewport["width"] > 500 else "status-page-phone"
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=viewport["width"] > 500)
+        page.click("#change-status")
+        page.wait_for_url(url)
+        assert page.inner_text("#node-status") == "OFFLINE"
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/genesys/1/node") as ping:
+            pytest.fail(f"the ping answered {ping.status} while drained")
+    except urllib.error.HTTPError as error:
+        assert error.code == 503
+        if viewport["width"] > 500:
+            page.screenshot(path=str(SCREENSHOTS / "status-page-offline.png"))
+    finally:
+        context.close()
+        server.shutdown()
+        server.server_close()
+        Path(f"/tmp/status-page-test-{os.getpid()}.status").unlink(missing_ok=True)

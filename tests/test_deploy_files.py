@@ -73,3 +73,25 @@ def test_the_site_offers_real_ip_for_a_load_balancer_and_nginx_accepts_it(tmp_pa
                             timeout=60)
     assert result.returncode == 0, result.stderr
 
+
+
+def test_the_alert_rules_pass_promtool():
+    """deploy/alerts.yml, checked by Prometheus's own tool (Debian's prometheus package)."""
+    import pytest
+
+    promtool = system_program("promtool")
+    if promtool is None:
+        pytest.skip("needs promtool (Debian's prometheus; .ci/run installs it)")
+    result = subprocess.run([promtool, "check", "rules", str(ROOT / "deploy" / "alerts.yml")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 8 rules found" in result.stdout
+
+
+def test_the_alert_rules_name_only_metrics_the_service_or_the_postfix_exporter_exports():
+    from app.metrics import exposition
+
+    families = set(re.findall(r"^# TYPE (\w+) ", exposition()[0].decode(), re.M))
+    exported = families | {f"{name}_total" for name in families}
+    used = set(re.findall(r"\b(email_\w+|postfix_\w+)\b", (ROOT / "deploy" / "alerts.yml").read_text()))
+    assert {name for name in used if name.startswith("email_")} <= exported

@@ -1,0 +1,114 @@
+"""The node's status page for operators, GET /genesys/1/admin/: ONLINE or OFFLINE with a drain/undrain button,
+the options in force (secrets hidden) and whether every process serves them, the relay's last answer, the last
+hour's outcomes and the newest failures. Behind the admin credentials; the button is CSRF-safe (same origin and
+a token of the page)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import os
+import time
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+
+from app.errors import FOREIGN_ORIGIN, ApiError
+from app.metrics import options_versions
+from app.node import admin_required, node_status, set_node_status
+from app.options import Options
+from app.recent import node_recent
+from app.request_options import request_options
+
+bp = Blueprint("status_page", __name__, template_folder="templates")
+SECRET = "••••"
+TOKEN_LIFETIME = 3600  # seconds a page's drain button stays valid
+OUTCOMES = ("delivered", "duplicate", "retry", "ambiguous", "refused", "rejected", "infected", "scan_failed", "error")
+
+
+def _token_key(options: Options) -> bytes:
+    # Shared by every worker without any state: derived from the admin password, which only operators know.
+    return hashlib.sha256(b"email-api status page\0" + options.admin_password.encode()).digest()
+
+
+def page_token(options: Options, issued: int | None = None) -> str:
+    """A token for one page's button: when it was issued, and a MAC of that time."""
+    issued = int(time.time()) if issued is None else issued
+    return f"{issued}.{hmac.new(_token_key(options), str(issued).encode(), 'sha256').hexdigest()}"
+
+
+def _token_valid(options: Options, token: str) -> bool:
+    issued, _, _ = token.partition(".")
+    if not issued.isdigit() or not 0 <= time.time() - int(issued) <= TOKEN_LIFETIME:
+        return False
+    return hmac.compare_digest(token.encode(), page_token(options, int(issued)).encode())
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value as the page shows it: secrets as ••••, lists joined, a Redis URL without its password."""
+    if key in ("password", "api_keys") and value:
+        return SECRET if key == "password" else f"{SECRET} ({len(value)} keys)"
+    if key == "dedup_store" and value:
+        split = urlsplit(value)
+        if split.password:
+            value = urlunsplit(split._replace(netloc=f":{SECRET}@{split.hostname}:{split.port}"))
+    if isinstance(value, tuple):
+        return ", ".join(value) or '""'
+    return str(value) if value != "" else '""'
+
+
+def sections(options: Options) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every key of the options in force, per section, as the page shows them."""
+    services = [("email", options.catch_all), *((f"email.{name}", s) for name, s in options.services.items())]
+    found = [(name, [(f.name, _shown(f.name, getattr(service, f.name))) for f in dataclasses.fields(service)
+                     if f.name != "name"]) for name, service in services]
+    found.append(("smtp", [(f.name, _shown(f.name, getattr(options.smtp, f.name)))
+                           for f in dataclasses.fields(options.smtp)]))
+    found.append(("scan", [(f.name, _shown(f.name, getattr(options.scan, f.name)))
+                           for f in dataclasses.fields(options.scan)]))
+    found += [("cors", [("allowed_origins", _shown("allowed_origins", options.allowed_origins))]),
+              ("security", [("api_keys", _shown("api_keys", options.api_keys))]),
+              ("admin", [("username", options.admin_username), ("password", _shown("password", "x"))]),
+              ("server", [(key, _shown(key, getattr(options, key)))
+                          for key in ("reload_interval", "proxy_hops", "status_file", "dedup_store")])]
+    return found
+
+
+@bp.after_request
+def strict(response: Response) -> Response:
+    """The page runs no script, loads nothing from elsewhere, posts only to itself and is never framed."""
+    response.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'unsafe-inline'; "
+                                                   "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/genesys/1/admin/")
+@admin_required
+def status_page() -> Response:
+    """The node at a glance."""
+    options = request_options()
+    in_force = current_app.extensions["options"].in_force
+    versions = options_versions()
+    recent = node_recent()
+    return Response(render_template(
+        "admin/status.html", status=node_status().get(), token=page_token(options), sections=sections(options),
+        digest=in_force.digest[:12], version=in_force.version, versions=versions,
+        agree=len(set(versions.values()) | {in_force.version}) == 1, recent=recent, outcomes=OUTCOMES,
+        when=lambda at: datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S"), pid=os.getpid()),
+        content_type="text/html;charset=utf-8")
+
+
+@bp.post("/genesys/1/admin/")
+@admin_required
+def change_from_page() -> Response:
+    """The page's drain or undrain button: only with the token of a page this node served."""
+    new_status = request.form.get("status", "")
+    if new_status not in ("ONLINE", "OFFLINE") or not _token_valid(request_options(), request.form.get("token", "")):
+        raise ApiError.single(FOREIGN_ORIGIN, "The status page's form is stale or did not come from this node: "
+                              "reload the page.")
+    set_node_status(new_status)
+    return redirect(url_for("status_page.status_page"), code=303)  # type: ignore[return-value]
