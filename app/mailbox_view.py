@@ -18,6 +18,7 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, send_file
 
+from app.responses import page_headers
 from app.rules import CONTROL
 
 bp = Blueprint("mailbox", __name__, url_prefix="/mailbox", template_folder="templates")
@@ -149,11 +150,8 @@ def _find(email_id: str) -> Captured:
 @bp.after_request
 def no_scripts(response: Response) -> Response:
     """Every page and file of the mailbox: no script runs, nothing is sniffed, nothing is framed."""
-    response.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
-                                                       "frame-ancestors 'none'")
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return page_headers(response, "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+                                  "frame-ancestors 'none'")
 
 
 @bp.get("/")

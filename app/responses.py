@@ -21,6 +21,15 @@ def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, st
                     content_type="application/json;charset=utf-8")
 
 
+def page_headers(response: Response, policy: str) -> Response:
+    """The headers of an HTML page that shows what strangers sent: its Content-Security-Policy, no sniffing, no
+    caching."""
+    response.headers["Content-Security-Policy"] = policy
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def render_error(error: Exception) -> Response:
     """Answer any error — the service's own, Werkzeug's HTTP errors, anything unexpected — in the contract's JSON."""
     if isinstance(error, HTTPException):

@@ -21,6 +21,7 @@ from app.node import admin_required, node_status, set_node_status
 from app.options import Options
 from app.recent import node_recent
 from app.request_options import request_options
+from app.responses import page_headers
 
 bp = Blueprint("status_page", __name__, template_folder="templates")
 SECRET = "••••"
@@ -79,11 +80,8 @@ def sections(options: Options) -> list[tuple[str, list[tuple[str, str]]]]:
 @bp.after_request
 def strict(response: Response) -> Response:
     """The page runs no script, loads nothing from elsewhere, posts only to itself and is never framed."""
-    response.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'unsafe-inline'; "
-                                                   "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return page_headers(response, "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                                  "frame-ancestors 'none'; base-uri 'none'")
 
 
 @bp.get("/genesys/1/admin/")

@@ -149,6 +149,15 @@ def state_folder(tmp_path_factory):
 
 
 @pytest.fixture
+def own_state_folder(tmp_path, monkeypatch):
+    """A state folder of this test's own: its claims and snapshots seen by no other test."""
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv("EMAIL_API_STATE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
 def smtp_server():
     """A real SMTP server (aiosmtpd) on a free port whose handler records messages and can be told to fail."""
     handler = FaultyHandler()

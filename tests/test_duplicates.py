@@ -18,12 +18,9 @@ from app.submission import Submission
 
 
 @pytest.fixture(autouse=True)
-def own_state_folder(tmp_path, monkeypatch):
+def own_claims(own_state_folder):
     """Each test's claims in a SQLite file of its own, so that no test sees another's forms."""
-    folder = tmp_path / "state"
-    folder.mkdir(mode=0o700)
-    monkeypatch.setenv("EMAIL_API_STATE_DIR", str(folder))
-    return folder
+    return own_state_folder
 
 
 @pytest.fixture

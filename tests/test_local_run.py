@@ -249,3 +249,13 @@ def test_the_pages_say_they_show_what_reached_the_embedded_server(local):
     interaction_id = send(local)
     for path in ("/mailbox/", f"/mailbox/{interaction_id}"):
         assert "not necessarily what the service sent" in html.unescape(local.get(path).text)
+
+
+def test_the_local_run_suppresses_a_resend_so_the_mailbox_shows_one_email(local, options_file):
+    """The shipped options.ini sets duplicate_window = 10m; the local run keeps its claims in SQLite too."""
+    shipped = (ROOT / "options.ini").read_text()
+    assert "\nduplicate_window = 10m\n" in shipped
+    options_file.write(email={"duplicate_window": "10m"})
+    first, again = send(local), send(local)
+    assert first == again
+    assert [row[3] for row in rows(local.get("/mailbox/").text)] == [first]

@@ -21,12 +21,9 @@ REVOKED = {"apikey": "leaked"}
 
 
 @pytest.fixture
-def state(tmp_path, monkeypatch) -> Path:
+def state(own_state_folder) -> Path:
     """A state folder of this test's own."""
-    folder = tmp_path / "state"
-    folder.mkdir(mode=0o700)
-    monkeypatch.setenv("EMAIL_API_STATE_DIR", str(folder))
-    return folder
+    return own_state_folder
 
 
 @pytest.fixture
