@@ -63,16 +63,19 @@ class SqliteStore:
         self._local.connection, self._local.pid = connection, os.getpid()
         return connection
 
-    def _run(self, statements: list[tuple[str, tuple[object, ...]]]) -> sqlite3.Cursor:
-        """Run the statements in one transaction; the cursor of the last. Any failure is a StoreError."""
+    def _run(self, statements: list[tuple[str, tuple[object, ...]]], write: bool = True) -> sqlite3.Cursor:
+        """Run the statements in one transaction; the cursor of the last. Any failure is a StoreError.
+
+        A write takes the write lock first (BEGIN IMMEDIATE), so that a busy file is waited for, up to
+        LOCK_TIMEOUT, instead of failing when another process wrote since this one read."""
         try:
             connection = self._connection()
             try:
-                if len(statements) > 1:
+                if write:
                     connection.execute("BEGIN IMMEDIATE")
                 for sql, parameters in statements:
                     cursor = connection.execute(sql, parameters)
-                if len(statements) > 1:
+                if write:
                     connection.execute("COMMIT")
                 return cursor
             except BaseException:
@@ -96,7 +99,8 @@ class SqliteStore:
 
     def get(self, key: str) -> str | None:
         """The record under `key` unless it expired."""
-        row = self._run([("SELECT record FROM claims WHERE key = ? AND expires > ?", (key, time.time()))]).fetchone()
+        row = self._run([("SELECT record FROM claims WHERE key = ? AND expires > ?", (key, time.time()))],
+                        write=False).fetchone()
         return row[0] if row else None
 
     def swap(self, key: str, old: str, new: str | None, ttl: float) -> bool:

@@ -4,7 +4,8 @@ The real gunicorn with the deploy configuration, 16 concurrent clients, 2000 mix
 that fails 10 % of messages in random ways, and options.ini rewritten every second, alternating
 valid edits and broken files. One form in ten reaches a relay that takes half a second over it, and its
 client gives up after a quarter of a second and sends the same form again (duplicate_window 10m): the
-resend must get the one email's interactionId, never a second email.
+resend must get the one email's interactionId, never a second email (and a resend answered statusCode 1 is
+sent again, as a customer told to try again does).
 """
 from __future__ import annotations
 
@@ -150,6 +151,12 @@ def test_every_success_is_one_email_and_every_email_a_success(tmp_path, capsys):
             except TimeoutError:
                 gave_up.append(True)
         status, answer = send(body, content_type, 60)
+        # A customer told to try again (1) does, with the same form; the copy it gave up on may have been waiting
+        # for this one and been delivered after it failed: the retry is answered with that copy's id.
+        for _ in range(5 if kind == "resent" else 0):
+            if answer.get("statusCode") != 1:
+                break
+            status, answer = send(body, content_type, 60)
         return kind, status, answer, time.monotonic() - started
 
     try:
