@@ -41,7 +41,9 @@ def test_the_first_command_serves_a_form_with_debians_python3(tmp_path):
     (bin_folder / "python3").symlink_to(DEBIAN_PYTHON)
     port = free_port()
     run = quick_start_commands()[0] + f" --port {port} --smtp-port {free_port()}"  # beside a run on the defaults
-    environment = {"PATH": f"{bin_folder}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    # Its own temporary folder, so its state folder (and so its duplicate check) is not another run's.
+    environment = {"PATH": f"{bin_folder}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+                   "TMPDIR": str(tmp_path)}
     server = subprocess.Popen(["/bin/sh", "-c", run], cwd=clone, env=environment, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

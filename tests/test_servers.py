@@ -14,7 +14,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from support import DATA, PDF, ROOT, free_port, multipart
+from support import DATA, PDF, ROOT, Gunicorn, free_port, multipart
 
 
 def start(command: list[str], ready: str, env: dict[str, str]) -> subprocess.Popen:
@@ -121,15 +121,12 @@ def test_local_run_stores_the_email_in_a_maildir(tmp_path):
 
 def test_the_deploy_config_starts_cleanly_for_a_user_without_a_home(options_file, tmp_path):
     """As under the shipped systemd unit: a system user whose home cannot be written. gunicorn 25.1+ would
-    open its control socket there and log a permission error at every start."""
+    open its control socket there and log a permission error at every start. (Stopped once every worker has
+    booted: a TERM that reaches a worker while it boots is lost, and gunicorn then waits graceful_timeout.)"""
     home = tmp_path / "home"
     home.mkdir(mode=0o500)
-    port = free_port()
-    environment = {"OPTIONS_FILE": str(options_file.path), "GUNICORN_BIND": f"127.0.0.1:{port}", "HOME": str(home),
-                   "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "XDG_RUNTIME_DIR": ""}
-    process = start([sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"],
-                    "Booting worker", environment)
-    log = stop(process)
+    node = Gunicorn(options_file.path, tmp_path, environment={"HOME": str(home), "XDG_RUNTIME_DIR": ""})
+    log = node.stop()
     assert not re.search(r"control socket|permission denied", log, re.I), log
     assert not (home / ".gunicorn").exists()
 
