@@ -1,8 +1,11 @@
 """Attachments (contract section 3): limits, types, content, names, and bytes that arrive intact."""
 import io
+import struct
 
 import pytest
 from support import PDF, PNG, codes, zipped
+
+from app.attachments import EOCD_SEARCH, content_matches
 
 GIF = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
 JPG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 32
@@ -131,3 +134,38 @@ def test_missing_field_and_bad_file_are_reported_together(submit, smtp_server):
     assert response.status_code == 400
     assert sorted(codes(response)) == [102, 203]
     assert smtp_server.messages == []
+
+
+def _zip_claiming(entries: int) -> bytes:
+    """A small valid zip whose end-of-central-directory record claims `entries` entries."""
+    data = bytearray(zipped(("a.txt", "x")))
+    end = data.rfind(b"PK\x05\x06")
+    struct.pack_into("<HH", data, end + 8, entries, entries)
+    return bytes(data)
+
+
+class ReadsRecorded(io.BytesIO):
+    """A spooled upload that records where each read started."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[int] = []
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads.append(self.tell())
+        return super().read(size)
+
+
+def test_a_zip_claiming_too_many_entries_is_refused_before_its_directory_is_read(submit, smtp_server):
+    archive = _zip_claiming(5000)
+    assert codes(submit(files=[("many.zip", archive)])) == [203]
+    stream = ReadsRecorded(archive)
+    assert not content_matches("zip", stream)
+    assert all(start >= len(archive) - EOCD_SEARCH for start in stream.reads)  # only the end record's search
+
+
+def test_a_zip_with_a_huge_central_directory_is_refused(submit, smtp_server):
+    data = bytearray(zipped(*((f"{i}.txt", "") for i in range(3000))))
+    end = data.rfind(b"PK\x05\x06")
+    struct.pack_into("<HH", data, end + 8, 5, 5)  # under-declares its entries
+    assert codes(submit(files=[("liar.zip", bytes(data))])) == [203]

@@ -1,8 +1,9 @@
 """SMTP outcomes (contract section 4): statusCode 0 only after a 250 to the end of DATA, and what each failure means."""
 import logging
+import time
 
 import pytest
-from support import codes, free_port
+from support import TrickleHandler, codes, free_port
 
 
 def test_unreachable_relay_is_retryable(options_file, submit):
@@ -129,3 +130,56 @@ def test_a_kept_session_that_breaks_after_rset_is_not_tried_again(submit, smtp_s
     smtp_server.faults["MAIL"] = "drop"
     assert submit().get_json()["statusCode"] == 1
     assert (smtp_server.sessions, len(smtp_server.messages)) == (1, 1)
+
+
+def test_backscatter_mail_from_is_the_mailbox_not_the_stranger(submit, smtp_server):
+    submit(fromAddress="stranger@victim.example")
+    received = smtp_server.messages[0]
+    assert received.mail_from == "support@example.com"
+    assert received.email["From"].addresses[0].addr_spec == "stranger@victim.example"
+    assert received.email["Sender"] is None
+
+
+def test_a_refused_mail_from_is_the_relay_refusing_the_service(submit, smtp_server):
+    smtp_server.faults["MAIL"] = "553 5.7.1 sender rejected"
+    response = submit()
+    assert response.status_code == 200
+    assert response.get_json()["statusCode"] == 2 and codes(response) == [613]
+
+
+def test_mail_from_declares_the_size_when_the_relay_offers_size(submit, smtp_server):
+    smtp_server.size_limit = 10_000_000
+    submit(files=[("a.txt", b"x" * 5000)])
+    [received] = smtp_server.messages
+    declared = int(received.mail_options["SIZE"])
+    assert abs(declared - len(received.raw)) <= 0.01 * len(received.raw)
+
+
+def test_a_message_over_the_relays_advertised_size_is_202_before_any_data(submit, smtp_server):
+    smtp_server.size_limit = 4000
+    response = submit(files=[("a.txt", b"x" * 5000)])
+    assert response.status_code == 400 and codes(response) == [202]
+    assert response.get_json()["errors"][0]["advice"] == 10 * 1024 * 1024
+    assert smtp_server.messages == [] and smtp_server.mail_commands == 0
+
+
+@pytest.mark.parametrize("stage", ("MAIL", "END"))
+def test_a_relay_that_trickles_its_reply_is_cut_off_at_the_timeout(options_file, submit, stage, caplog):
+    from aiosmtpd.controller import Controller
+    from support import free_port
+
+    timeout = 0.5
+    handler = TrickleHandler(stage, every=timeout / 4)  # each byte well within the timeout, the reply far beyond it
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        options_file.write(smtp={"port": str(controller.port), "timeout": str(timeout)})
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="app"):
+            response = submit()
+        elapsed = time.monotonic() - started
+    finally:
+        controller.stop()
+    assert response.get_json()["statusCode"] == 1
+    assert elapsed / timeout <= 3.5  # one delivery never takes longer than timeout × 3
+    assert any("ambiguous" in r.getMessage() for r in caplog.records) == (stage == "END")

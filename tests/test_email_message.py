@@ -231,3 +231,34 @@ def test_details_in_body_cannot_be_forged_by_the_text(options_file, submit, smtp
     assert lines[:3] == ["---- Details from the contact form ----", "Service: support",
                          f"Interaction ID: {interaction_id}"]
     assert lines.index("---- Message ----") < lines.index("Service: billing")
+
+
+@pytest.fixture
+def partner(options_file):
+    options_file.write(email={"allowed_mailboxes": "*@partner.example"})
+
+
+@pytest.mark.parametrize("mailbox", (
+    "victim%evil.example@partner.example",  # the percent hack
+    "evil.example!victim@partner.example",  # a bang path
+    '"victim@evil.example"@partner.example',  # a quoted local part
+    "@evil.example:victim@partner.example",  # a source route
+))
+def test_relay_tricks_in_a_requested_mailbox_are_383(partner, submit, smtp_server, mailbox):
+    response = submit(mailbox=mailbox)
+    assert response.status_code == 400 and codes(response) == [383]
+    assert smtp_server.messages == []
+
+
+def test_a_plain_address_under_an_allowed_domain_still_passes(partner, submit, smtp_server):
+    assert submit(mailbox="claims@partner.example").get_json()["statusCode"] == 0
+    assert smtp_server.messages[0].rcpt_tos == ["claims@partner.example"]
+
+
+@pytest.mark.parametrize("quote", ('"', "\\"))
+def test_names_full_of_quotes_keep_the_from_line_under_998_octets(submit, smtp_server, quote):
+    assert submit(firstName=quote * 256, lastName=quote * 256).get_json()["statusCode"] == 0
+    raw = smtp_server.messages[0].raw
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    sent = str(make_header(decode_header(raw_header(raw, "From"))))  # as a mail client decodes it
+    assert sent == f"{quote * 256} {quote * 256} <ana@example.com>"

@@ -1,6 +1,6 @@
 """The form's field rules (contract section 2): each problem has its code, all are reported at once."""
 import pytest
-from support import GOOD_FORM, codes
+from support import GOOD_FORM, codes, multipart
 
 
 def test_good_form_is_delivered_with_an_interaction_id(submit, smtp_server):
@@ -158,3 +158,60 @@ def test_an_unexpected_error_is_json_and_logged(app, client, caplog):
     assert response.get_json() == {"statusCode": 2,
                                    "errors": [{"code": 614, "message": "An unexpected error occurred."}]}
     assert any(record.exc_info for record in caplog.records)
+
+
+def _with_part_charset(charset: str, value: bytes) -> tuple[bytes, str]:
+    body, content_type = multipart(list(GOOD_FORM.items()))
+    body = body.replace(b'name="subject"\r\n', f'name="subject"\r\nContent-Type: text/plain; charset={charset}\r\n'
+                        .encode())
+    return body.replace(b"Invoice question", value), content_type
+
+
+@pytest.mark.parametrize(("charset", "value"), (
+    ("punycode", b"a" * 1000 + b"-" + b"9" * 1000),
+    ("utf-7", b"A+2AA-B"),
+    ("unicode_escape", b"\\ud800"),
+    ("utf-16", b"\xff\xfeA\x00"),
+    ("rot13", b"Vaibvpr"),
+    ("x-unknown", b"Invoice"),
+))
+def test_only_four_part_charsets_are_read(client, smtp_server, charset, value):
+    body, content_type = _with_part_charset(charset, value)
+    response = client.post("/genesys/2/email/support", data=body, content_type=content_type)
+    assert response.status_code == 400 and codes(response) == [604]
+    assert smtp_server.messages == []
+
+
+@pytest.mark.parametrize(("charset", "value", "subject"), (
+    ("us-ascii", b"Invoice", "Invoice"), ("ISO-8859-1", b"Fa\xe7ture", "Façture"),
+    ("windows-1252", b"\x80 5", "€ 5"), ("UTF-8", "Łukasz".encode(), "Łukasz"),
+))
+def test_the_four_part_charsets_are_read(client, smtp_server, charset, value, subject):
+    body, content_type = _with_part_charset(charset, value)
+    assert client.post("/genesys/2/email/support", data=body, content_type=content_type).get_json()["statusCode"] == 0
+    assert smtp_server.messages[0].email["Subject"] == subject
+
+
+def test_raw_utf8_in_an_urlencoded_body_is_read_as_utf8(client, smtp_server):
+    fields = {**GOOD_FORM, "firstName": "José", "lastName": "Łukasz"}
+    body = "&".join(f"{k}={v}" for k, v in fields.items()).encode("utf-8")
+    response = client.post("/genesys/2/email/support", data=body, content_type="application/x-www-form-urlencoded")
+    assert response.get_json()["statusCode"] == 0
+    assert smtp_server.messages[0].email["X-Genesys-First-Name"] == "José"
+    assert smtp_server.messages[0].email["X-Genesys-Last-Name"] == "Łukasz"
+
+
+@pytest.mark.parametrize(("name", "value"), (("userData[a=b]", "c"), ("userData", "a=b=c")))
+def test_a_user_data_key_holding_an_equals_sign_is_refused_or_split(submit, smtp_server, name, value):
+    response = submit(extra=[(name, value)])
+    if name == "userData[a=b]":
+        assert response.status_code == 400 and codes(response) == [606]
+    else:
+        assert smtp_server.messages[0].email["X-Genesys-User-Data"] == "a=b=c"
+
+
+@pytest.mark.parametrize("mark", ("\u200e", "\u200f", "\u061c", "\u2066", "\u2067", "\u2068", "\u2069", "\u202e"))
+def test_bidi_marks_are_refused_in_file_names_and_one_line_fields(submit, smtp_server, mark):
+    assert codes(submit(files=[(f"invoice{mark}.pdf", b"%PDF-1.4\n")])) == [607]
+    assert codes(submit(subject=f"Invoice{mark}")) == [601]
+    assert smtp_server.messages == []

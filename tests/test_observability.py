@@ -72,3 +72,10 @@ def test_metrics_count_requests_outcomes_and_bytes(client, submit, options_file)
              sample("email_options_reloads_total", result="ok"))
     assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, len(PDF), 1]
     assert sample("email_smtp_round_trip_seconds_count") >= 2
+
+
+def test_log_lines_escape_unicode_line_breaks():
+    record = logging.LogRecord("app", logging.INFO, __file__, 1, "x\u2028y\x85z", None, None)
+    line = JsonFormatter().format(record)
+    assert line.isascii() and "\n" not in line
+    assert json.loads(line)["message"] == "x\u2028y\x85z"
