@@ -73,12 +73,11 @@ def _parse(record: str) -> dict[str, Any] | None:
         return None
 
 
-def _store_failed(store: ClaimStore, what: str, error: StoreError) -> None:
+def _store_failed(description: str, what: str, error: StoreError) -> None:
     metrics.DEDUP_STORE_ERRORS.inc()
     log.warning("the duplicate store (%s) failed to %s: %s; the form is delivered without the duplicate check",
-                store.description, what, error, extra={"fields": {
-                    "event": "dedup_store_error", "store": store.description, "operation": what,
-                    "reason": str(error)}})
+                description, what, error, extra={"fields": {
+                    "event": "dedup_store_error", "store": description, "operation": what, "reason": str(error)}})
 
 
 @dataclass
@@ -120,7 +119,7 @@ class Claim:
         try:
             self.store.swap(self.key, self.record, new, self.window)
         except StoreError as exc:
-            _store_failed(self.store, "settle a claim", exc)
+            _store_failed(self.store.description, "settle a claim", exc)
 
 
 def claim(submission: Submission, service: ServiceOptions, options: Options, key: str | None) -> Claim:
@@ -138,14 +137,12 @@ def claim(submission: Submission, service: ServiceOptions, options: Options, key
     try:
         store = claim_store(options.dedup_store)
     except StoreError as exc:
-        metrics.DEDUP_STORE_ERRORS.inc()
-        log.warning("the duplicate store cannot be opened: %s; the form is delivered without the duplicate check",
-                    exc, extra={"fields": {"event": "dedup_store_error", "operation": "open", "reason": str(exc)}})
+        _store_failed("the state folder's SQLite file" if not options.dedup_store else "Redis", "open", exc)
         return Claim(new_interaction_id(), form)
     try:
         found = _claim(store, store_key, form, window, bound)
     except StoreError as exc:
-        _store_failed(store, "claim a form", exc)
+        _store_failed(store.description, "claim a form", exc)
         return Claim(new_interaction_id(), form)
     if found.duplicate:
         metrics.DUPLICATES.labels(service.name).inc()

@@ -29,10 +29,11 @@ class StateFolderError(Exception):
     """The state folder cannot be used; the message names it, why, and what to do."""
 
 
-def file_signature(path: Path) -> tuple[int, ...] | None:
-    """What tells a changed file from the same one: device, inode, size and modification time."""
+def file_signature(path: Path | str, dir_fd: int | None = None) -> tuple[int, ...] | None:
+    """What tells a changed file from the same one: device, inode, size and modification time. With `dir_fd`,
+    `path` is a name in that folder, and a symlink is not followed."""
     try:
-        st = os.stat(path)
+        st = os.stat(path, dir_fd=dir_fd, follow_symlinks=dir_fd is None)
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -121,21 +122,14 @@ class NodeSnapshot:
     def _file(self, suffix: str) -> str:
         return f"{self.name}-{os.getpgid(0)}{suffix}"
 
-    def _signature(self, name: str) -> tuple[int, ...] | None:
-        try:
-            st = os.stat(name, dir_fd=self.folder.fd, follow_symlinks=False)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
     def changed(self) -> bool:
         """Whether the snapshot changed since this process last read or wrote it."""
-        return self._signature(self._file(".json")) != self._seen
+        return file_signature(self._file(".json"), self.folder.fd) != self._seen
 
     def read(self) -> dict[str, Any] | None:
         """The snapshot's record, or None when there is none yet or it does not verify (logged once)."""
         name = self._file(".json")
-        self._seen = self._signature(name)
+        self._seen = file_signature(name, self.folder.fd)
         content = self.folder.read(name)
         try:
             record = json.loads(content) if content is not None else None
@@ -172,7 +166,7 @@ class NodeSnapshot:
             version = max(int(record["version"]) if record else 0, at_least) + 1
             record = {"version": version, "digest": digest, "text": raw.decode("utf-8")}
             self.folder.write(self._file(".json"), json.dumps(record).encode())
-            self._seen = self._signature(self._file(".json"))
+            self._seen = file_signature(self._file(".json"), self.folder.fd)
             return version
 
     def _forget_ended_nodes(self) -> None:

@@ -71,7 +71,7 @@ def sections(options: Options) -> list[tuple[str, list[tuple[str, str]]]]:
                            for f in dataclasses.fields(options.scan)]))
     found += [("cors", [("allowed_origins", _shown("allowed_origins", options.allowed_origins))]),
               ("security", [("api_keys", _shown("api_keys", options.api_keys))]),
-              ("admin", [("username", options.admin_username), ("password", _shown("password", "x"))]),
+              ("admin", [("username", options.admin_username), ("password", SECRET)]),
               ("server", [(key, _shown(key, getattr(options, key)))
                           for key in ("reload_interval", "proxy_hops", "status_file", "dedup_store")])]
     return found
