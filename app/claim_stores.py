@@ -38,6 +38,20 @@ class ClaimStore(Protocol):
         still the one in force; whether it was."""
 
 
+def _switch_to_wal(connection: sqlite3.Connection) -> None:
+    """WAL mode (kept in the file once set). SQLite answers a switch while another connection sets up the same
+    new file with "database is locked" at once, without its busy wait: so it is tried again, up to LOCK_TIMEOUT."""
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
 class SqliteStore:
     """Claims in a SQLite file (WAL mode) that every process of the node opens; one short transaction each."""
 
@@ -52,11 +66,13 @@ class SqliteStore:
             return connection
         connection = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT, isolation_level=None)
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(connection)
             connection.execute("PRAGMA synchronous=NORMAL")  # a power cut may forget a claim, never corrupt the file
+            connection.execute("BEGIN IMMEDIATE")
             connection.execute("CREATE TABLE IF NOT EXISTS claims "
                                "(key TEXT PRIMARY KEY, record TEXT NOT NULL, expires REAL NOT NULL)")
             connection.execute("CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (expires)")
+            connection.execute("COMMIT")
         except BaseException:
             connection.close()
             raise

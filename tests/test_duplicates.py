@@ -263,3 +263,16 @@ def test_expired_claims_are_purged_as_new_ones_are_made(tmp_path):
         store.add(f"new-{number}", "{}", 60)
     rows = sqlite3.connect(tmp_path / "claims.sqlite3").execute("SELECT key FROM claims").fetchall()
     assert sorted(key for (key,) in rows) == ["new-0", "new-1", "new-2", "old-0"]
+
+
+def test_the_first_claims_on_a_new_store_never_find_it_locked(tmp_path):
+    """A node's first forms: two worker threads open the new SQLite file at the same moment (a double click saw
+    'database is locked': SQLite answers a concurrent switch to WAL at once, without waiting)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.claim_stores import SqliteStore
+
+    for round_ in range(100):
+        store = SqliteStore(tmp_path / f"claims-{round_}.sqlite3")
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(store.add, ("k0", "k1"), ("{}", "{}"), (60, 60))) == [True, True]
