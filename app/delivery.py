@@ -23,7 +23,7 @@ from app.errors import (
 from app.message import Envelope, OutgoingEmail
 from app.options import SmtpOptions
 from app.recent import RECENT
-from app.smtp_session import KEPT, RelaySession, SetupRefused
+from app.smtp_session import KEPT, RelaySession, SetupFailed, SetupRefused
 
 log = logging.getLogger(__name__)
 EXPECTED = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
@@ -75,17 +75,20 @@ def _open(smtp: SmtpOptions, envelope: Envelope, deadline: float) -> RelaySessio
         return RelaySession(smtp, envelope.helo, deadline)
     except SetupRefused as exc:
         raise _refusal(exc.stage, exc.code, envelope, exc.text) from None
-    except ssl.SSLCertVerificationError as exc:
-        problem = Problem(DELIVERY_REFUSED, f"The mail server's certificate is not trusted: {exc.verify_message}.")
-        stage = "STARTTLS" if smtp.security == "starttls" else "connect"
-        raise PermanentDeliveryError([problem], stage=stage, reason=exc.verify_message) from None
-    except smtplib.SMTPServerDisconnected as exc:
-        raise _broken(exc, "connect") from None
-    except smtplib.SMTPException as exc:  # the relay lacks STARTTLS or a usable AUTH method
-        problem = Problem(DELIVERY_REFUSED, f"The mail server session could not be set up: {exc}.")
-        raise PermanentDeliveryError([problem], stage="EHLO", reason=str(exc)) from None
-    except OSError as exc:
-        raise _broken(exc, "connect") from None
+    except SetupFailed as failed:
+        raise _setup_failure(failed.stage, failed.error) from None
+
+
+def _setup_failure(stage: str, error: OSError) -> DeliveryError:
+    """The error for a session that could not be set up at `stage`, other than by a refusing reply."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        problem = Problem(DELIVERY_REFUSED, f"The mail server's certificate is not trusted: {error.verify_message}.")
+        return PermanentDeliveryError([problem], stage=stage, reason=error.verify_message)
+    if isinstance(error, smtplib.SMTPException) and not isinstance(error, smtplib.SMTPServerDisconnected):
+        # the relay lacks STARTTLS or a usable AUTH method
+        problem = Problem(DELIVERY_REFUSED, f"The mail server session could not be set up: {error}.")
+        return PermanentDeliveryError([problem], stage=stage, reason=str(error))
+    return _broken(error, stage)  # refused, timed out, closed
 
 
 def _check_size(session: RelaySession, envelope: Envelope) -> None:
@@ -216,7 +219,7 @@ def _log_failure(error: DeliveryError, email: OutgoingEmail, smtp: SmtpOptions) 
     """One WARNING line per failed delivery: the relay, the stage, its reply or the socket error; and metrics."""
     relay, stage = f"{smtp.host}:{smtp.port}", error.stage or "unknown"
     metrics.DELIVERY_FAILURES.labels(stage, error.outcome).inc()
-    metrics.RELAY_UP.set(0 if stage == "connect" and error.reply_code is None else 1)
+    metrics.RELAY_UP.set(0 if stage == "connect" else 1)  # past connect, the relay was reached
     RECENT.relay(error.outcome, error.reason or "")
     RECENT.failure("delivery", email.interaction_id, f"{error.outcome} at {stage}: {error.reason}")
     ambiguous = error.outcome == "ambiguous"

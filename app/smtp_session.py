@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from app.deadlines import DEADLINES
 from app.options import SmtpOptions
@@ -25,17 +26,38 @@ class SetupRefused(Exception):
         self.text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
 
 
+class SetupFailed(Exception):
+    """The session could not be set up, at `stage` (connect, greeting, EHLO, STARTTLS or AUTH), for `error`: what
+    the socket, ssl or smtplib raised (a timeout, a closed connection, an untrusted certificate, a missing
+    extension), the relay's replies aside."""
+
+    def __init__(self, stage: str, error: OSError) -> None:
+        super().__init__(f"{stage}: {error}")
+        self.stage, self.error = stage, error
+
+
 class _BoundedReplies:
     """An SMTP client whose every reply must be complete within `timeout`, and before `deadline`."""
 
     timeout: float
     sock: socket.socket | None
-    deadline = float("inf")  # the end of the current delivery
+    connected = False  # a reply was awaited: the connection was made
+
+    def __init__(self, host: str, port: int, *, deadline: float, **kwargs: Any) -> None:
+        """Connect and read the greeting before `deadline`; raises SetupRefused or SetupFailed."""
+        self.deadline = deadline  # the end of the current delivery
+        try:
+            super().__init__(host, port, **kwargs)  # type: ignore[call-arg]
+        except smtplib.SMTPConnectError as exc:
+            raise SetupRefused("greeting", exc.smtp_code, exc.smtp_error) from None
+        except OSError as exc:  # smtplib's errors too
+            raise SetupFailed("greeting" if self.connected else "connect", exc) from None
 
     def getreply(self) -> tuple[int, bytes]:
         """smtplib's getreply(), cut off at the reply's deadline."""
         if self.sock is None:
             raise smtplib.SMTPServerDisconnected("not connected")
+        self.connected = True
         at = min(time.monotonic() + self.timeout, self.deadline)
         with DEADLINES.cut_off(self.sock, at) as watch:
             try:
@@ -68,31 +90,29 @@ class RelaySession:
 
     def __init__(self, smtp: SmtpOptions, helo: str, deadline: float) -> None:
         """Open the session before `deadline` (a time.monotonic() value). Raises SetupRefused for a refusing reply,
-        or what smtplib, ssl and the socket raise."""
+        SetupFailed for anything else that stops it, each with the stage it happened at."""
         self.smtp, self.helo, self.last_used = smtp, helo, time.monotonic()
         timeout = max(min(smtp.timeout, deadline - time.monotonic()), 0.001)  # connect and greet in time
         self.client: _BoundedSMTP | _BoundedSMTP_SSL
+        if smtp.security == "ssl":
+            self.client = _BoundedSMTP_SSL(smtp.host, smtp.port, deadline=deadline, local_hostname=helo,
+                                           timeout=timeout, context=_tls_context(smtp))
+        else:
+            self.client = _BoundedSMTP(smtp.host, smtp.port, deadline=deadline, local_hostname=helo, timeout=timeout)
+        stage = "greeting"
         try:
-            if smtp.security == "ssl":
-                self.client = _BoundedSMTP_SSL(smtp.host, smtp.port, local_hostname=helo, timeout=timeout,
-                                               context=_tls_context(smtp))
-            else:
-                self.client = _BoundedSMTP(smtp.host, smtp.port, local_hostname=helo, timeout=timeout)
-        except smtplib.SMTPConnectError as exc:
-            raise SetupRefused("greeting", exc.smtp_code, exc.smtp_error) from None
-        self.client.timeout = smtp.timeout
-        self.begin(deadline)
-        if self.client.sock is None:  # the greeting closed the connection
-            raise smtplib.SMTPServerDisconnected("the relay closed the connection")
-        self.client.sock.settimeout(smtp.timeout)
-        # Each command waits for its reply: send at once rather than wait to fill a segment (Nagle).
-        self.client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        stage = "EHLO"
-        try:
+            if self.client.sock is None:  # the greeting closed the connection
+                raise smtplib.SMTPServerDisconnected("the relay closed the connection")
+            self.client.timeout = smtp.timeout
+            self.client.sock.settimeout(smtp.timeout)
+            # Each command waits for its reply: send at once rather than wait to fill a segment (Nagle).
+            self.client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stage = "EHLO"
             self._hello()
             if smtp.security == "starttls":
                 stage = "STARTTLS"
                 self.client.starttls(context=_tls_context(smtp))
+                stage = "EHLO"
                 self._hello()
             if smtp.username:
                 stage = "AUTH"
@@ -100,6 +120,9 @@ class RelaySession:
         except smtplib.SMTPResponseException as exc:
             self.close()
             raise SetupRefused(stage, exc.smtp_code, exc.smtp_error) from None
+        except OSError as exc:  # smtplib's errors too: a missing extension, a closed connection
+            self.close()
+            raise SetupFailed(stage, exc) from None
         except BaseException:
             self.close()
             raise

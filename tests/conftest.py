@@ -170,22 +170,24 @@ def smtp_server():
 
 
 @pytest.fixture(scope="session")
-def certificate_authority():
-    """A throw-away CA that signs the test relays' certificates."""
-    return trustme.CA()
+def relay_tls(tmp_path_factory) -> tuple[ssl.SSLContext, Path]:
+    """The test relays' TLS: a server context holding a certificate for 127.0.0.1 from a throw-away CA, and the
+    CA file that trusts it (issued once: a key takes a while to make)."""
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path_factory.mktemp("tls") / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    return context, ca_file
 
 
 @pytest.fixture
-def secure_relay(options_file, certificate_authority, tmp_path, smtp_server):
+def secure_relay(options_file, relay_tls, smtp_server):
     """Start a second server with STARTTLS or implicit TLS and AUTH (user gms), recording into `smtp_server`."""
     controllers = []
+    context, ca_file = relay_tls
 
     def start(security: str) -> None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        certificate_authority.issue_cert("127.0.0.1").configure_cert(context)
-        ca_file = tmp_path / "ca.pem"
-        certificate_authority.cert_pem.write_to_path(str(ca_file))
-
         def authenticate(server, session, envelope, mechanism, auth_data):
             valid = (auth_data.login, auth_data.password) == (b"gms", b"p%$w,d")
             return AuthResult(success=valid, handled=False)

@@ -19,6 +19,10 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from app.form import read_form
+from app.message import OutgoingEmail, compose, new_interaction_id
+from app.options import SmtpOptions, load_options
+from app.submission import validate_submission
 from bench.forms import GOOD_FORM, multipart  # noqa: F401 - shared with the benchmark
 from bench.ports import free_port, system_program, wait_for_port  # noqa: F401 - shared with the tests
 
@@ -39,6 +43,17 @@ def zipped(*entries: tuple[str, bytes | str]) -> bytes:
         for name, content in entries:
             archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), content)
     return buffer.getvalue()
+
+
+def composed(options: Path, service_name: str = "support", **changes: str) -> tuple[OutgoingEmail, SmtpOptions]:
+    """The known-good form (changed by keyword) read, validated and composed as the view does, without Flask: the
+    email deliver() is given, and the [smtp] options to give it with."""
+    loaded = load_options(options)
+    service = loaded.service(service_name)
+    body, content_type = multipart(list({**GOOD_FORM, **changes}.items()))
+    with read_form(io.BytesIO(body), content_type, len(body), service) as form:
+        submission = validate_submission(form, service_name, service, loaded)
+        return compose(submission, new_interaction_id(), service, loaded.smtp), loaded.smtp
 
 
 @dataclass
@@ -125,13 +140,16 @@ class TrickleHandler:
 
     def __init__(self, stage: str, every: float) -> None:
         self.stage, self.every, self.messages = stage, every, []
+        self.cut_off = threading.Event()  # set once the client gave up while the reply was still trickling
 
     async def _trickle(self, server) -> None:
-        for byte in b"250-" + b"x" * 60 + b"\r\n":
-            if server.transport.is_closing():
-                return
-            server.transport.write(bytes([byte]))
-            await asyncio.sleep(self.every)
+        try:
+            for byte in b"250-" + b"x" * 60 + b"\r\n":
+                server.transport.write(bytes([byte]))
+                await asyncio.sleep(self.every)
+        except asyncio.CancelledError:  # aiosmtpd ends the session's handler when the connection is lost
+            self.cut_off.set()
+            raise
 
     async def handle_MAIL(self, server, session, envelope, address, options):
         envelope.mail_from = address

@@ -1,69 +1,36 @@
 """SMTP outcomes (contract section 4): statusCode 0 only after a 250 to the end of DATA, and what each failure means."""
 import logging
-import time
 
 import pytest
+from aiosmtpd.controller import Controller
 from support import TrickleHandler, codes, free_port
 
+# One fault of each kind deliver() tells apart (test_fault_matrix.py holds every stage) and its answer:
+# (HTTP status, statusCode, error codes).
+ANSWERS = {
+    "unreachable": (("connect", None), (200, 1, [])),
+    "retry": (("MAIL", "451 4.3.0 try later"), (200, 1, [])),
+    "ambiguous": (("END", "stall"), (200, 1, [])),
+    "mailbox refused": (("RCPT", "550 5.1.1 no such user"), (400, 2, [383])),
+    "too large": (("END", "552 5.3.4 message too big"), (400, 2, [202])),
+    "refused": (("END", "554 5.7.1 spam"), (200, 2, [613])),
+}
 
-def test_unreachable_relay_is_retryable(options_file, submit):
-    options_file.write(smtp={"port": str(free_port())})
+
+@pytest.mark.parametrize("kind", ANSWERS)
+def test_each_kind_of_delivery_failure_gets_the_contracts_answer(options_file, submit, smtp_server, kind):
+    (stage, reply), expected = ANSWERS[kind]
+    if stage == "connect":
+        options_file.write(smtp={"port": str(free_port())})
+    else:
+        smtp_server.faults[stage] = reply
     response = submit()
-    assert response.status_code == 200
     body = response.get_json()
-    assert body["statusCode"] == 1 and body["message"] and set(body) == {"statusCode", "message"}
-
-
-@pytest.mark.parametrize(
-    ("stage", "reply"),
-    (("MAIL", "421 closing"), ("MAIL", "451 try later"), ("RCPT", "450 mailbox busy"), ("END", "451 local error"),
-     ("MAIL", "stall"), ("RCPT", "drop"), ("RCPT", "stall")),
-)
-def test_temporary_failure_is_retryable(submit, smtp_server, stage, reply):
-    smtp_server.faults[stage] = reply
-    response = submit()
-    assert response.status_code == 200
-    assert response.get_json()["statusCode"] == 1 and "errors" not in response.get_json()
-    assert smtp_server.messages == []
-
-
-@pytest.mark.parametrize("fault", ("stall", "drop"))
-def test_no_reply_to_the_end_of_data_is_retryable_and_logged_as_ambiguous(submit, smtp_server, caplog, fault):
-    smtp_server.faults["END"] = fault
-    with caplog.at_level(logging.WARNING, logger="app.delivery"):
-        response = submit()
-    assert response.get_json()["statusCode"] == 1
-    assert any("ambiguous" in record.getMessage() for record in caplog.records)
-    assert smtp_server.messages == []
-
-
-def test_refused_mailbox_is_383(submit, smtp_server):
-    smtp_server.faults["RCPT"] = "550 no such user"
-    response = submit()
-    assert response.status_code == 400 and codes(response) == [383]
-
-
-def test_refused_envelope_from_is_a_permanent_error(options_file, submit, smtp_server):
-    options_file.write(smtp={"envelope_from": "gms@example.com"})
-    smtp_server.faults["MAIL"] = "553 sender rejected"
-    response = submit()
-    assert response.status_code == 200
-    assert response.get_json()["statusCode"] == 2 and codes(response) == [613]
-
-
-def test_message_too_large_for_the_relay_is_202_with_the_service_limit(submit, smtp_server):
-    smtp_server.faults["END"] = "552 message too big"
-    response = submit()
-    assert response.status_code == 400
-    assert response.get_json()["errors"][0]["code"] == 202
-    assert response.get_json()["errors"][0]["advice"] == 10 * 1024 * 1024
-
-
-def test_other_permanent_refusal_is_status_2(submit, smtp_server):
-    smtp_server.faults["END"] = "554 spam detected"
-    response = submit()
-    assert response.status_code == 200
-    assert response.get_json()["statusCode"] == 2 and codes(response) == [613]
+    assert (response.status_code, body["statusCode"], [e["code"] for e in body.get("errors", [])]) == expected
+    if body["statusCode"] == 1:  # "try again": a message, no errors
+        assert set(body) == {"statusCode", "message"} and body["message"]
+    if kind == "too large":  # the service's own limit, which the client can act on
+        assert body["errors"][0]["advice"] == 10 * 1024 * 1024
     assert smtp_server.messages == []
 
 
@@ -140,13 +107,6 @@ def test_backscatter_mail_from_is_the_mailbox_not_the_stranger(submit, smtp_serv
     assert received.email["Sender"] is None
 
 
-def test_a_refused_mail_from_is_the_relay_refusing_the_service(submit, smtp_server):
-    smtp_server.faults["MAIL"] = "553 5.7.1 sender rejected"
-    response = submit()
-    assert response.status_code == 200
-    assert response.get_json()["statusCode"] == 2 and codes(response) == [613]
-
-
 def test_mail_from_declares_the_size_when_the_relay_offers_size(submit, smtp_server):
     smtp_server.size_limit = 10_000_000
     submit(files=[("a.txt", b"x" * 5000)])
@@ -165,21 +125,16 @@ def test_a_message_over_the_relays_advertised_size_is_202_before_any_data(submit
 
 @pytest.mark.parametrize("stage", ("MAIL", "END"))
 def test_a_relay_that_trickles_its_reply_is_cut_off_at_the_timeout(options_file, submit, stage, caplog):
-    from aiosmtpd.controller import Controller
-    from support import free_port
-
     timeout = 0.5
     handler = TrickleHandler(stage, every=timeout / 4)  # each byte well within the timeout, the reply far beyond it
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
         options_file.write(smtp={"port": str(controller.port), "timeout": str(timeout)})
-        started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="app"):
             response = submit()
-        elapsed = time.monotonic() - started
+        assert handler.cut_off.wait(timeout=30)  # the service gave up while the relay was still replying
     finally:
         controller.stop()
     assert response.get_json()["statusCode"] == 1
-    assert elapsed / timeout <= 3.5  # one delivery never takes longer than timeout × 3
     assert any("ambiguous" in r.getMessage() for r in caplog.records) == (stage == "END")
