@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import mailbox
 import re
+import socket
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         smtp = app.extensions["options"].current().smtp
         controller = Controller(MaildirHandler(args.maildir), hostname=smtp.host, port=smtp.port)
         try:
+            # aiosmtpd reports a port it cannot bind only after its 5 s start-up timeout: try it at once first
+            socket.create_server((smtp.host, smtp.port)).close()
             controller.start()
         except OSError as error:
             taken = (" — another local run, or another SMTP server, holds that port: stop it, or give this run "
