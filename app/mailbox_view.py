@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import mailbox
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
@@ -15,7 +16,6 @@ from email.parser import BytesParser
 from functools import cached_property
 from io import BytesIO
 from pathlib import Path
-from typing import IO
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, send_file
 
@@ -116,10 +116,10 @@ def _delivered_at(key: str) -> datetime:
         return datetime.fromtimestamp(0)
 
 
-def _lines_that_are(marker: bytes, file: IO[bytes]) -> int:
-    """How many of the rest of `file`'s lines are `marker` (ended by CRLF or LF), read a block at a time."""
+def _lines_that_are(marker: bytes, read: Callable[[int], bytes]) -> int:
+    """How many of the lines `read` gives are `marker` (ended by CRLF or LF), read a block at a time."""
     count, rest = 0, b""
-    while block := file.read(1 << 16):
+    while block := read(1 << 16):
         lines = (rest + block).split(b"\n")
         rest = lines.pop()  # the line the next block goes on with
         count += lines.count(marker) + lines.count(marker + b"\r")
@@ -136,7 +136,7 @@ def _listed(box: mailbox.Maildir, key: str) -> Listed:
                 break
         headers = PARSER.parsebytes(head, headersonly=True)
         boundary = headers.get_boundary() if headers.get_content_maintype() == "multipart" else None
-        parts = _lines_that_are(b"--" + boundary.encode("ascii", "replace"), file) if boundary else 0
+        parts = _lines_that_are(b"--" + boundary.encode("ascii", "replace"), file.read) if boundary else 0
     return Listed(key, _delivered_at(key), headers, max(parts - 1, 0))  # the first part is the text
 
 
