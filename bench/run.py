@@ -17,9 +17,9 @@ import urllib.parse
 from pathlib import Path
 
 from bench.forms import GOOD_FORM, multipart
+from bench.gunicorn import ROOT, Gunicorn
 from bench.ports import free_port, system_program, wait_for_port
 
-ROOT = Path(__file__).parent.parent
 APPS = {"A": "wsgi:app", "N": "bench.naive:app", "H": "bench.hello:app"}
 PDF_HEAD = b"%PDF-1.4\n"
 PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
@@ -41,33 +41,15 @@ def workloads(folder: Path) -> dict[str, tuple[Path, str]]:
     return {"w1": (folder / "w1.body", "application/x-www-form-urlencoded"), "w2": (folder / "w2.body", w2_type)}
 
 
-class Server:
+def server(name: str, folder: Path, smtp_port: int, workers: int = 2, root: Path = ROOT,
+           extra: str = "") -> Gunicorn:
     """One of A, N, H under gunicorn with the deploy configuration; A from `root` (a checkout), with `extra`
-    lines in its options file."""
-
-    def __init__(self, name: str, folder: Path, smtp_port: int, workers: int = 2, root: Path = ROOT,
-                 extra: str = "") -> None:
-        self.port = free_port()
-        options = folder / "options.ini"
-        options.write_text(f"[email]\nmailbox = support@example.com\n[smtp]\nport = {smtp_port}\n{extra}")
-        metrics = folder / f"metrics-{name}"
-        environment = {**os.environ, "OPTIONS_FILE": str(options), "GUNICORN_BIND": f"127.0.0.1:{self.port}",
-                       "GUNICORN_WORKERS": str(workers), "PROMETHEUS_MULTIPROC_DIR": str(metrics),
-                       "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port)}
-        self.log = open(folder / f"gunicorn-{name}.log", "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", APPS[name]],
-            cwd=root, env=environment, stdout=self.log, stderr=self.log)
-        wait_for_port(self.port, self.process)
-
-    def worker_pid(self) -> int:
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        return int(children[0])
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        self.log.close()
+    lines in its options file; its output in a file of `folder`."""
+    options = folder / "options.ini"
+    options.write_text(f"[email]\nmailbox = support@example.com\n[smtp]\nport = {smtp_port}\n{extra}")
+    return Gunicorn(options, folder / f"server-{name}", workers=workers, app=APPS[name], root=root,
+                    environment={"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port)},
+                    log_file=folder / f"gunicorn-{name}.log")
 
 
 def wrk(port: int, body: Path, content_type: str, seconds: float, connections: int) -> dict:
@@ -79,10 +61,10 @@ def wrk(port: int, body: Path, content_type: str, seconds: float, connections: i
     return json.loads(output.strip().splitlines()[-1])
 
 
-def peak_rss_growth(server: Server, body: bytes, content_type: str, posts: int) -> tuple[int, int]:
+def peak_rss_growth(server: Gunicorn, body: bytes, content_type: str, posts: int) -> tuple[int, int]:
     """The worker's VmHWM growth over `posts` posts of `body`, and how many answers were statusCode 0."""
     def vm_hwm() -> int:
-        status = Path(f"/proc/{server.worker_pid()}/status").read_text()
+        status = Path(f"/proc/{min(server.workers())}/status").read_text()
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 
     def post(data: bytes, kind: str) -> bool:
@@ -150,15 +132,15 @@ def alternate(folder: Path, smtp_port: int, args: argparse.Namespace) -> str:
         rates: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.repeats):
             for variant, settings in variants.items():
-                server = Server("A", folder, smtp_port, **settings)
+                node = server("A", folder, smtp_port, **settings)
                 try:
                     for workload in names:
                         body, content_type = bodies[workload]
-                        wrk(server.port, body, content_type, 1, args.connections)  # warm up
-                        result = wrk(server.port, body, content_type, args.seconds, args.connections)
+                        wrk(node.port, body, content_type, 1, args.connections)  # warm up
+                        result = wrk(node.port, body, content_type, args.seconds, args.connections)
                         rates.setdefault((workload, variant), []).append(result["requests"] / result["seconds"])
                 finally:
-                    server.close()
+                    node.stop()
     finally:
         if clamd is not None:
             clamd.stop()
@@ -180,14 +162,14 @@ def measure_throughput(folder: Path, smtp_port: int, args: argparse.Namespace) -
     runs: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):
         for name in APPS:
-            server = Server(name, folder, smtp_port)
+            node = server(name, folder, smtp_port)
             try:
                 for workload, (body, content_type) in bodies.items():
-                    wrk(server.port, body, content_type, 1, args.connections)  # warm up
-                    result = wrk(server.port, body, content_type, args.seconds, args.connections)
+                    wrk(node.port, body, content_type, 1, args.connections)  # warm up
+                    result = wrk(node.port, body, content_type, args.seconds, args.connections)
                     runs.setdefault((workload, name), []).append(result)
             finally:
-                server.close()
+                node.stop()
     return runs
 
 
@@ -198,11 +180,11 @@ def measure_memory(folder: Path, smtp_port: int, posts: int) -> dict[str, tuple[
     payload = sum(len(content) for _, content in files)
     memory = {}
     for name in ("A", "N"):
-        server = Server(name, folder, smtp_port, workers=1)
+        node = server(name, folder, smtp_port, workers=1)
         try:
-            growth, delivered = peak_rss_growth(server, body, content_type, posts)
+            growth, delivered = peak_rss_growth(node, body, content_type, posts)
         finally:
-            server.close()
+            node.stop()
         memory[name] = (growth / payload, delivered)
     return memory
 

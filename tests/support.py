@@ -3,16 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.client
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
-import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -24,6 +20,7 @@ from app.message import OutgoingEmail, compose, new_interaction_id
 from app.options import SmtpOptions, load_options
 from app.submission import validate_submission
 from bench.forms import GOOD_FORM, multipart  # noqa: F401 - shared with the benchmark
+from bench.gunicorn import DEPLOY_CONFIG, Gunicorn, LineWatcher  # noqa: F401 - shared with the benchmark
 from bench.ports import free_port, system_program, wait_for_port  # noqa: F401 - shared with the tests
 
 ROOT = Path(__file__).parent.parent
@@ -33,7 +30,6 @@ PNG = (
     b"\x00\x00\x00\rIDATx\x9ccd\xf8\x0f\x04\x00\t\xfb\x03\xfd\xe3U\xf2\x9c\x00\x00\x00\x00IEND\xaeB`\x82"
 )
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
-DEPLOY_CONFIG = ("-c", "deploy/gunicorn.conf.py")
 
 
 def zipped(*entries: tuple[str, bytes | str]) -> bytes:
@@ -43,6 +39,17 @@ def zipped(*entries: tuple[str, bytes | str]) -> bytes:
         for name, content in entries:
             archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), content)
     return buffer.getvalue()
+
+
+def post_form(client: Any, service: str = "support", extra: Sequence[tuple[str, Any]] = (),
+              files: Sequence[tuple[str, bytes]] = (), headers: dict[str, str] | None = None,
+              **changes: str | None) -> Any:
+    """Post the known-good form through a Flask test client, changed by keyword (None drops a field), with `extra`
+    parts and `files` appended; the response."""
+    parts = [(k, v) for k, v in {**GOOD_FORM, **changes}.items() if v is not None] + list(extra)
+    body, content_type = multipart(parts + [("files", file) for file in files])
+    path = "/genesys/2/email" + (f"/{service}" if service else "")
+    return client.post(path, data=body, content_type=content_type, headers=headers or {})
 
 
 def composed(options: Path, service_name: str = "support", **changes: str) -> tuple[OutgoingEmail, SmtpOptions]:
@@ -107,34 +114,6 @@ def metric(page: str, name: str, **labels: str) -> float:
     return total
 
 
-class LineWatcher:
-    """Collects a process's output lines in a thread, so a test can wait for a line instead of sleeping."""
-
-    def __init__(self, stream) -> None:
-        self.lines: list[str] = []
-        self.closed = threading.Event()
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream) -> None:
-        with stream:
-            for line in stream:
-                with self._changed:
-                    self.lines.append(line)
-                    self._changed.notify_all()
-        self.closed.set()
-
-    def wait_for(self, *texts: str, timeout: float = 30) -> str:
-        """The first line that holds every one of `texts`, once there is one."""
-        def found(line: str) -> bool:
-            return all(text in line for text in texts)
-
-        with self._changed:
-            if not self._changed.wait_for(lambda: any(map(found, self.lines)), timeout):
-                raise AssertionError(f"no line with {texts!r} in:\n" + "".join(self.lines))
-            return next(filter(found, self.lines))
-
-
 class TrickleHandler:
     """A relay that answers MAIL (or the end of DATA) one byte at a time, a long multi-line reply."""
 
@@ -162,61 +141,3 @@ class TrickleHandler:
         if self.stage == "END":
             await self._trickle(server)
         return "250 OK"
-
-
-class Gunicorn:
-    """The real gunicorn serving wsgi:app on a free port, with the deploy configuration or the given arguments
-    (such as `-w 2`, no configuration file); its state and metrics folders under `folder`."""
-
-    def __init__(self, options: Path, folder: Path, arguments: tuple[str, ...] = DEPLOY_CONFIG,
-                 environment: dict[str, str] | None = None, workers: int = 2) -> None:
-        self.port, self.workers_wanted = free_port(), workers
-        (folder / "metrics").mkdir(exist_ok=True)
-        (folder / "state").mkdir(mode=0o700, exist_ok=True)
-        environment = {**os.environ, "OPTIONS_FILE": str(options), "GUNICORN_BIND": f"127.0.0.1:{self.port}",
-                       "GUNICORN_WORKERS": str(workers), "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
-                       "EMAIL_API_STATE_DIR": str(folder / "state"), **(environment or {})}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *arguments, "-b", f"127.0.0.1:{self.port}", "wsgi:app"], cwd=ROOT,
-            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # one stream, as journald
-        self.log = LineWatcher(self.process.stdout)
-        self.wait_for_workers()
-
-    def workers(self) -> set[int]:
-        """The pids of the master's live workers."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        return {int(pid) for pid in children}
-
-    def wait_for_workers(self, replacing: set[int] = frozenset()) -> set[int]:
-        """Wait until the master has its workers, none of `replacing`, each booted; their pids."""
-        deadline = time.monotonic() + 60
-        while True:
-            workers = self.workers()
-            if len(workers) == self.workers_wanted and not workers & replacing and all(
-                    any(f"Booting worker with pid: {pid}" in line for line in self.log.lines) for pid in workers):
-                return workers
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise AssertionError("gunicorn's workers did not start:\n" + "".join(self.log.lines))
-            time.sleep(0.05)
-
-    def post(self, body: bytes, headers: dict[str, str], path: str = "/genesys/2/email/support",
-             timeout: float = 60) -> tuple[int, dict[str, Any]]:
-        """POST and return the HTTP status and the JSON answer; a client timeout raises TimeoutError."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            connection.request("POST", path, body, headers)
-            response = connection.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            connection.close()
-
-    def stop(self) -> str:
-        """Stop the master and its workers; everything they logged."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.closed.wait(timeout=10)
-        return "".join(self.log.lines)

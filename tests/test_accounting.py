@@ -10,12 +10,8 @@ sent again, as a customer told to try again does).
 from __future__ import annotations
 
 import asyncio
-import http.client
-import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from support import GOOD_FORM, PDF, PNG, ROOT, LineWatcher, Received, free_port, multipart
+from support import GOOD_FORM, PDF, PNG, Gunicorn, Received, free_port, multipart
 
 pytestmark = pytest.mark.e2e
 REQUESTS, CLIENTS, FAULT_RATE = 2000, 16, 0.10
@@ -119,26 +115,13 @@ def test_every_success_is_one_email_and_every_email_a_success(tmp_path, capsys):
     options.write_text(f"[email]\nmailbox = support@example.com\nduplicate_window = 10m\n"
                        f"[smtp]\nport = {smtp_port}\ntimeout = 5\n"
                        "[server]\nreload_interval = 0.5\n")
-    port = free_port()
-    environment = {**os.environ, "OPTIONS_FILE": str(options), "GUNICORN_BIND": f"127.0.0.1:{port}",
-                   "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=environment,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log = LineWatcher(gunicorn.stderr)
-    log.wait_for("Booting worker")
+    node = Gunicorn(options, tmp_path)
     stop = threading.Event()
     gave_up: list[bool] = []
     rewriter = ThreadPoolExecutor(1).submit(rewrite_options_every_second, options, smtp_port, stop)
 
     def send(body: bytes, content_type: str, timeout: float) -> tuple[int, dict]:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        try:
-            connection.request("POST", "/genesys/2/email/support", body, {"Content-Type": content_type})
-            response = connection.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            connection.close()
+        return node.post(body, {"Content-Type": content_type}, timeout=timeout)
 
     def post(seed: int) -> tuple[str, int, dict, float]:
         kind, request = form(seed)
@@ -165,9 +148,7 @@ def test_every_success_is_one_email_and_every_email_a_success(tmp_path, capsys):
     finally:
         stop.set()
         rewrites = rewriter.result()
-        gunicorn.terminate()
-        gunicorn.wait(timeout=60)
-        log.closed.wait(timeout=10)
+        log = node.stop()
         controller.stop()
 
     successes = Counter(answer["interactionId"] for _, _, answer, _ in results if answer.get("statusCode") == 0)
@@ -179,7 +160,7 @@ def test_every_success_is_one_email_and_every_email_a_success(tmp_path, capsys):
     invalid_accepted = [a for kind, _, a, _ in results if kind == "invalid" and a.get("statusCode") == 0]
     tallies = Counter((kind, answer.get("statusCode")) for kind, _, answer, _ in results)
     slowest = max(seconds for *_, seconds in results)
-    refused_reloads = sum("reload refused" in line for line in log.lines)
+    refused_reloads = sum("reload refused" in line for line in log.splitlines())
     with capsys.disabled():
         print(f"\naccounting: {REQUESTS} requests, {CLIENTS} clients, {rewrites} options rewrites "
               f"({refused_reloads} refused reloads logged); "

@@ -17,7 +17,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from support import (
     PDF,
     PNG,
     ROOT,
-    LineWatcher,
+    Gunicorn,
     free_port,
     hostile_corpus,
     metric,
@@ -105,7 +104,7 @@ class Chain:
         self.root = root
         self.maildir = root / "postfix" / "mail" / "maildir"
         self.options = root / "options.ini"
-        self.smtp_port, self.gunicorn_port, self.nginx_port = free_port(), free_port(), free_port()
+        self.smtp_port, self.nginx_port = free_port(), free_port()
         self.tls_port = free_port()
         self.tls_context: ssl.SSLContext | None = None
 
@@ -148,7 +147,7 @@ class Chain:
         """The options version each worker serves, from /metrics (the master left out)."""
         page = self.request("GET", "/metrics")[1].decode()
         return {pid: float(version) for pid, version in re.findall(r'^email_options_version\{pid="(\d+)"\} (\S+)',
-                                                                   page, re.M) if pid != str(self.gunicorn.pid)}
+                                                                   page, re.M) if pid != str(self.gunicorn.process.pid)}
 
     def edit_options(self, **changes) -> None:
         """Write the options and wait until every worker serves them."""
@@ -200,19 +199,12 @@ def chain():
     wait_for_port(chain.smtp_port, postfix_process)
 
     chain.write_options()
-    environment = {**os.environ, "OPTIONS_FILE": str(chain.options),
-                   "GUNICORN_BIND": f"127.0.0.1:{chain.gunicorn_port}",
-                   "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "4",
-                   "PROMETHEUS_MULTIPROC_DIR": str(chain.root / "metrics")}
-    chain.gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "wsgi:app"],
-                                      cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True)
-    chain.log = LineWatcher(chain.gunicorn.stderr)
-    chain.log.wait_for("Booting worker")
+    chain.gunicorn = Gunicorn(chain.options, chain.root, environment={"GUNICORN_THREADS": "4"})
+    chain.log = chain.gunicorn.log
 
     site = (ROOT / "deploy" / "nginx.conf").read_text()
     site = site.replace("listen 80;", f"listen 127.0.0.1:{chain.nginx_port};")
-    site = site.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{chain.gunicorn_port};")
+    site = site.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{chain.gunicorn.port};")
     authority = trustme.CA()  # in place of Debian's snakeoil pair, which a test machine may not have
     authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(chain.root / "tls.pem"))
     chain.tls_context = ssl.create_default_context()
@@ -227,11 +219,10 @@ def chain():
     wait_for_port(chain.nginx_port, nginx)
     yield chain
     nginx.terminate()
-    chain.gunicorn.terminate()
+    chain.gunicorn.stop()
     subprocess.run(postfix + ["stop"], check=False)
-    for process in (nginx, chain.gunicorn, postfix_process):
+    for process in (nginx, postfix_process):
         process.wait(timeout=60)
-    chain.log.closed.wait(timeout=10)
     shutil.rmtree(root)
 
 
@@ -288,7 +279,7 @@ def test_drain_and_undrain_through_nginx(chain):
 def test_a_hup_while_requests_flow_loses_none(chain):
     def post(i: int) -> dict:
         if i == 12:
-            chain.gunicorn.send_signal(signal.SIGHUP)
+            chain.gunicorn.process.send_signal(signal.SIGHUP)
         return chain.post_form(source=f"127.0.1.{i % 50 + 1}")[1]
 
     with ThreadPoolExecutor(max_workers=6) as pool:
@@ -304,11 +295,9 @@ def test_workers_started_while_the_file_is_broken_keep_serving(chain):
     broken = chain.options.with_suffix(".broken")
     broken.write_text("[email]\nmailbox = nobody@\n")
     os.replace(broken, chain.options)
-    booted = sum("Booting worker" in line for line in chain.log.lines)
-    chain.gunicorn.send_signal(signal.SIGHUP)  # new workers, forked from the master that loaded good options
-    deadline = time.monotonic() + 30
-    while sum("Booting worker" in line for line in chain.log.lines) < booted + 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    workers = chain.gunicorn.workers()
+    chain.gunicorn.process.send_signal(signal.SIGHUP)  # new workers, forked from the master that loaded good options
+    chain.gunicorn.wait_for_workers(replacing=workers)
     answers = [chain.post_form(source=f"127.0.5.{i + 1}")[1] for i in range(6)]
     assert [a["statusCode"] for a in answers] == [0] * 6
     chain.log.wait_for("reload refused")
@@ -333,7 +322,7 @@ def test_metrics_count_what_was_sent_across_workers(chain):
     assert metric(page, "email_requests_total", outcome="delivered") == before + 8
     assert metric(page, "email_smtp_round_trip_seconds_count") >= 8
     versions = re.findall(r'^email_options_version\{pid="(\d+)"\} \S+', page, re.M)
-    assert len(set(versions) - {str(chain.gunicorn.pid)}) >= 2  # one line per worker
+    assert len(set(versions) - {str(chain.gunicorn.process.pid)}) >= 2  # one line per worker
 
 
 def test_floods_get_json_429(chain):

@@ -12,36 +12,26 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support import GOOD_FORM, ROOT, LineWatcher, free_port
+from support import DEPLOY_CONFIG, GOOD_FORM, Gunicorn
 
 pytestmark = pytest.mark.e2e
 BROKEN = ("[email]\nmailbox = support@example.com\nmax_size = 10 lots\n[smtp\n", None)  # None: delete the file
-RUNS = {"deploy config": ["-c", "deploy/gunicorn.conf.py"], "no config": ["-w", "2"]}
+RUNS = {"deploy config": DEPLOY_CONFIG, "no config": ("-w", "2")}
 
 
-class Node:
+class Node(Gunicorn):
     """A gunicorn master with two workers, and what a test needs to edit its options and watch its workers."""
 
-    def __init__(self, tmp_path: Path, smtp_port: int, arguments: list[str]) -> None:
-        self.options, self.smtp_port, self.port = tmp_path / "options.ini", smtp_port, free_port()
+    def __init__(self, tmp_path: Path, smtp_port: int, arguments: tuple[str, ...]) -> None:
+        self.options, self.smtp_port = tmp_path / "options.ini", smtp_port
         self.answers: list[tuple[int, bool]] = []
         self.write("k1, leaked")
-        environment = {**os.environ, "OPTIONS_FILE": str(self.options), "GUNICORN_BIND": f"127.0.0.1:{self.port}",
-                       "GUNICORN_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-                       "EMAIL_API_STATE_DIR": str(tmp_path / "state")}
-        (tmp_path / "metrics").mkdir()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *arguments, "-b", f"127.0.0.1:{self.port}", "wsgi:app"], cwd=ROOT,
-            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.log = LineWatcher(self.process.stderr)
-        self.wait_for_workers()
+        super().__init__(self.options, tmp_path, arguments)
 
     def write(self, api_keys: str | None, tenant: str = "T") -> None:
         if api_keys is None:
@@ -61,22 +51,6 @@ class Node:
             temporary = self.options.with_suffix(".tmp")
             temporary.write_text(text)
             os.replace(temporary, self.options)
-
-    def workers(self) -> set[int]:
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        return {int(pid) for pid in children}
-
-    def wait_for_workers(self, replacing: set[int] = frozenset(), count: int = 2) -> set[int]:
-        deadline = time.monotonic() + 60
-        while True:
-            workers = self.workers()
-            if len(workers) == count and not workers & replacing and self._booted(workers):
-                return workers
-            assert time.monotonic() < deadline, f"workers {workers} never replaced {replacing}"
-            time.sleep(0.05)
-
-    def _booted(self, workers: set[int]) -> bool:
-        return all(any(f"Booting worker with pid: {pid}" in line for line in self.log.lines) for pid in workers)
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 body: str = "") -> tuple[int, dict]:
@@ -109,7 +83,7 @@ class Node:
             assert time.monotonic() < deadline, f"workers {workers} serve {versions}, not version {version}"
             time.sleep(0.05)
 
-    def post(self, key: str) -> tuple[int, dict]:
+    def post_key(self, key: str) -> tuple[int, dict]:
         body = "&".join(f"{k}={v}" for k, v in GOOD_FORM.items())
         return self.request("POST", "/genesys/2/email/support", {
             "apikey": key, "Content-Type": "application/x-www-form-urlencoded"}, body)
@@ -118,14 +92,9 @@ class Node:
         """Every worker serves `version`; then, 8 clients at once, the refused key is refused 20 times out of 20."""
         self.converge(version)
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(self.post, [refused] * 20 + [accepted] * 8))
+            answers = list(pool.map(self.post_key, [refused] * 20 + [accepted] * 8))
         assert [status for status, _ in answers[:20]] == [401] * 20
         assert [answer.get("statusCode") for _, answer in answers[20:]] == [0] * 8
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        self.log.closed.wait(timeout=10)
 
 
 @pytest.mark.parametrize("run", RUNS)

@@ -44,16 +44,14 @@ def replay(port: int, raw: bytes) -> tuple[int, http.client.HTTPMessage, bytes]:
 
 
 @pytest.fixture
-def gunicorn(options_file):
-    """The real gunicorn serving wsgi:app with two gthread workers, on a free port."""
-    port = free_port()
-    command = [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}",
-               "--workers", "2", "--worker-class", "gthread", "--threads", "4"]
-    process = start(command, "Booting worker", {"OPTIONS_FILE": str(options_file.path)})
-    yield port
-    stop(process)
+def gunicorn(options_file, tmp_path):
+    """The real gunicorn serving wsgi:app with two gthread workers (no configuration file); its port."""
+    node = Gunicorn(options_file.path, tmp_path, ("--workers", "2", "--worker-class", "gthread", "--threads", "4"))
+    yield node.port
+    node.stop()
 
 
+@pytest.mark.e2e
 def test_chromium_sendmessage_request_is_delivered_through_gunicorn(gunicorn, options_file, smtp_server):
     options_file.write(cors={"allowed_origins": "http://127.0.0.1:8766"}, security={"api_keys": "k-123"})
     status, headers, body = replay(gunicorn, (DATA / "chromium-sendmessage-request.http").read_bytes())
@@ -74,6 +72,7 @@ def test_chromium_sendmessage_request_is_delivered_through_gunicorn(gunicorn, op
     assert files == [("pixel.png", "image/png", b"\x89PNG"), ("Счёт №5.pdf", "application/pdf", b"%PDF")]
 
 
+@pytest.mark.e2e
 def test_oversized_content_length_is_answered_without_the_body(gunicorn, options_file, smtp_server):
     options_file.write(email={"max_size": "1KB"})
     head = (f"POST /genesys/2/email/support HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
@@ -83,15 +82,15 @@ def test_oversized_content_length_is_answered_without_the_body(gunicorn, options
     assert json.loads(body)["errors"][0]["code"] == 202
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("config", ([], ["-c", "deploy/gunicorn.conf.py"]), ids=("plain", "deploy-config"))
 def test_gunicorn_refuses_to_start_with_a_broken_options_file(options_file, tmp_path, config):
     options_file.write("[email]\nmailbox = nobody@\nmax_files = lots\n")
     environment = {**os.environ, "OPTIONS_FILE": str(options_file.path)}
     if config:
         environment["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
-    process = subprocess.run(
-        [sys.executable, "-m", "gunicorn", *config, "wsgi:app", "--bind", f"127.0.0.1:{free_port()}",
-         "--workers", "1"], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+    process = subprocess.run(Gunicorn.command((*config, "--workers", "1"), free_port()), cwd=ROOT, env=environment,
+                             capture_output=True, text=True, timeout=60)
     assert process.returncode != 0
     assert "[email] mailbox" in process.stderr and "[email] max_files" in process.stderr
 
@@ -119,6 +118,7 @@ def test_local_run_stores_the_email_in_a_maildir(tmp_path):
     assert "stored an email" in log
 
 
+@pytest.mark.e2e
 def test_the_deploy_config_starts_cleanly_for_a_user_without_a_home(options_file, tmp_path):
     """As under the shipped systemd unit: a system user whose home cannot be written. gunicorn 25.1+ would
     open its control socket there and log a permission error at every start. (Stopped once every worker has
