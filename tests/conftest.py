@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import ssl
 import threading
@@ -14,7 +15,7 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
-from support import GOOD_FORM, Received, free_port, multipart
+from support import Received, free_port, post_form
 
 from app import create_app
 from app.smtp_session import close_kept_session
@@ -259,14 +260,4 @@ def client(app):
 @pytest.fixture
 def submit(client) -> Callable[..., Any]:
     """Post the known-good form, changed by keyword (None drops a field); `extra` parts and `files` are appended."""
-
-    def post(service: str = "support", extra: list[tuple[str, Any]] = (), files: list[tuple[str, bytes]] = (),
-             **changes: str | None):
-        form = {**GOOD_FORM, **changes}
-        parts = [(k, v) for k, v in form.items() if v is not None] + list(extra)
-        parts += [("files", file) for file in files]
-        body, content_type = multipart(parts)
-        path = "/genesys/2/email" + (f"/{service}" if service else "")
-        return client.post(path, data=body, content_type=content_type)
-
-    return post
+    return functools.partial(post_form, client)

@@ -1,6 +1,6 @@
 """Browsers on other origins (CORS) and API keys (contract section 8)."""
 import pytest
-from support import GOOD_FORM, codes
+from support import GOOD_FORM, codes, post_form
 
 ORIGIN = "https://www.example.com"
 
@@ -129,6 +129,6 @@ def submit_from(client):
     """Post the known-good form with an Origin header (None: without one)."""
 
     def post(origin: str | None):
-        return client.post("/genesys/2/email/support", data=GOOD_FORM, headers={"Origin": origin} if origin else {})
+        return post_form(client, headers={"Origin": origin} if origin else None)
 
     return post

@@ -7,7 +7,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support import GOOD_FORM, PDF, PNG, codes, metric, multipart
+from support import GOOD_FORM, PDF, PNG, codes, metric, multipart, post_form
 
 from app.attachments import Attachment
 from app.duplicates import fingerprint
@@ -177,9 +177,7 @@ def test_a_resend_waits_for_a_first_copy_still_in_flight_and_gets_its_id(window,
 # Idempotency-Key (draft-ietf-httpapi-idempotency-key-header)
 
 def post_with_key(client, key: str, service: str = "support", **changes):
-    body, content_type = multipart(list({**GOOD_FORM, **changes}.items()))
-    return client.post(f"/genesys/2/email/{service}", data=body, content_type=content_type,
-                       headers={"Idempotency-Key": key})
+    return post_form(client, service, headers={"Idempotency-Key": key}, **changes)
 
 
 def test_an_idempotency_key_makes_a_resend_a_duplicate_even_without_a_window(client, smtp_server):

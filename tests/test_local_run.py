@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 from aiosmtpd.controller import Controller
-from support import GOOD_FORM, PDF, ROOT, free_port, multipart, wait_for_port
+from support import GOOD_FORM, PDF, ROOT, free_port, post_form, wait_for_port
 
 from app import create_app
 from app.local import MaildirHandler, local_app, main, relay_address
@@ -42,8 +42,7 @@ def local(maildir, options_file):
 
 def send(client, files=(), extra=(), **changes):
     """Post the known-good form, changed; the interaction id of the answer."""
-    body, content_type = multipart([*{**GOOD_FORM, **changes}.items(), *extra, *(("files", f) for f in files)])
-    answer = client.post("/genesys/2/email/support", data=body, content_type=content_type).get_json()
+    answer = post_form(client, files=files, extra=extra, **changes).get_json()
     assert answer["statusCode"] == 0, answer
     return answer["interactionId"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from support import GOOD_FORM
+from support import post_form
 
 from app import create_app
 from app.options import OptionsError
@@ -17,7 +17,7 @@ KEYED = {"apikey": "leaked"}
 
 
 def post(app, headers: dict[str, str] | None = None):
-    return app.test_client().post("/genesys/2/email/support", data=GOOD_FORM, headers=headers or {})
+    return post_form(app.test_client(), headers=headers)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import GOOD_FORM, ROOT, free_port, metric
+from support import ROOT, free_port, metric, post_form
 
 from app import create_app
 from app.metrics import exposition
@@ -33,7 +33,7 @@ def keys(options_file):
 
 
 def post(app, headers: dict[str, str] | None = None) -> int:
-    return app.test_client().post("/genesys/2/email/support", data=GOOD_FORM, headers=headers or {}).status_code
+    return post_form(app.test_client(), headers=headers).status_code
 
 
 def records(folder: Path) -> list[Path]:
