@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import support
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
@@ -19,6 +20,11 @@ from support import Received, free_port, post_form
 
 from app import create_app
 from app.smtp_session import close_kept_session
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The quick loop (README) draws fewer property-test examples than the whole suite."""
+    support.QUICK_LOOP = config.getoption("markexpr") == "not e2e"
 
 
 @dataclass

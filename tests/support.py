@@ -32,6 +32,16 @@ PNG = (
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 
 
+# The property tests draw all their examples in the whole suite (as CI runs it) and a quarter of them in the quick
+# loop, `pytest -m "not e2e"`, so that it stays under a minute; conftest.py sets which.
+QUICK_LOOP = False
+
+
+def examples(whole_suite: int) -> int:
+    """How many examples a property test draws in this run."""
+    return max(whole_suite // 4, 10) if QUICK_LOOP else whole_suite
+
+
 def zipped(*entries: tuple[str, bytes | str]) -> bytes:
     """A zip archive of these (name, content) entries, the same bytes on every run (a fixed timestamp)."""
     buffer = io.BytesIO()

@@ -8,6 +8,8 @@ import sys
 import pytest
 from support import ROOT
 
+from app.check import main as check
+
 
 @pytest.fixture
 def live_folders(tmp_path):
@@ -24,6 +26,7 @@ def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_a_valid_file_gets_a_one_line_summary_and_exit_0(tmp_path, live_folders):
+    """As operators run it: `python -m app check` loads nothing of the service, so a node's files stay as they are."""
     options = tmp_path / "options.ini"
     options.write_text("[email]\nmailbox = support@example.com\n[email.sales]\nmailbox = sales@example.com\n"
                        f"[smtp]\nhost = relay.example.com\nusername = gms\npassword = Smtp-S3cret\n"
@@ -37,21 +40,20 @@ def test_a_valid_file_gets_a_one_line_summary_and_exit_0(tmp_path, live_folders)
     assert not (tmp_path / "node.status").exists()
 
 
-def test_an_invalid_file_lists_every_problem_and_exits_1(tmp_path, live_folders):
+def test_an_invalid_file_lists_every_problem_and_exits_1(tmp_path, capsys):
     options = tmp_path / "options.ini"
     options.write_text("[email]\nmailbox = support@\nmax_size = 10XB\n[smtp]\npassword = Smtp,S3cret\nusername = x\n")
-    result = run("-m", "app", "check", str(options), env=live_folders)
-    assert result.returncode == 1
-    assert "[email] mailbox" in result.stdout and "[email] max_size" in result.stdout
-    assert "[smtp] password" in result.stdout and "S3cret" not in result.stdout
-    assert sorted(os.listdir(live_folders["PROMETHEUS_MULTIPROC_DIR"])) == ["counter_1234.db"]
+    assert check([str(options)]) == 1
+    shown = capsys.readouterr().out
+    assert "[email] mailbox" in shown and "[email] max_size" in shown
+    assert "[smtp] password" in shown and "S3cret" not in shown
 
 
-def test_the_file_defaults_to_options_file(tmp_path, live_folders):
+def test_the_file_defaults_to_options_file(tmp_path, capsys, monkeypatch):
     options = tmp_path / "other.ini"
     options.write_text("[email]\nmailbox = support@example.com\n")
-    result = run("-m", "app", "check", env={**live_folders, "OPTIONS_FILE": str(options)})
-    assert result.returncode == 0 and str(options) in result.stdout
+    monkeypatch.setenv("OPTIONS_FILE", str(options))
+    assert check([]) == 0 and str(options) in capsys.readouterr().out
 
 
 def test_gunicorns_own_check_leaves_a_live_metrics_folder_alone(tmp_path, live_folders):

@@ -63,6 +63,7 @@ def node(tmp_path, name: str, smtp_port: int, store: str):
     return options
 
 
+@pytest.mark.e2e
 def test_two_nodes_sharing_redis_deliver_a_resend_once(redis_server, tmp_path, smtp_server, monkeypatch):
     first_node = create_app(node(tmp_path, "a", smtp_server.port, redis_server.url).path).test_client()
     second = node(tmp_path, "b", smtp_server.port, redis_server.url)

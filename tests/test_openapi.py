@@ -10,7 +10,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from support import multipart
+from support import examples, multipart
 
 import app as app_package
 
@@ -23,7 +23,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @schema.parametrize()
-@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(100), deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_every_answer_matches_the_description(case, app, smtp_server):
     """No 5xx, and every status, content type and body is one the description lists: the app in-process,
     with the real test SMTP server. (A schema-valid form may still be refused: the description cannot say

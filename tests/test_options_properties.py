@@ -5,6 +5,7 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from app.options import OptionsError, load_options
 from app.options_schema import EMAIL_KEYS
@@ -28,7 +29,7 @@ LINE = st.one_of(
 NAMED = re.compile(r"\[[^\]]*\]|line")
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=examples(300), deadline=None, derandomize=True)
 @given(st.booleans(), st.lists(LINE, max_size=25))
 def test_any_text_loads_or_is_refused_with_named_problems(start_valid, lines):
     if start_valid:  # so that valid files, and edits of valid files, are explored too
@@ -82,7 +83,7 @@ def apply(edits: list[tuple]) -> list[str]:
     return lines
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=examples(300), deadline=None, derandomize=True)
 @given(st.lists(EDIT, max_size=6), st.sampled_from(["utf-8", "latin-1", "utf-16", "utf-8-sig"]))
 def test_any_edit_of_a_valid_file_loads_or_lists_its_problems_without_a_secret(edits, encoding):
     raw = "\n".join(apply(edits)).encode(encoding, errors="replace")
