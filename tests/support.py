@@ -20,10 +20,9 @@ from app.message import OutgoingEmail, compose, new_interaction_id
 from app.options import SmtpOptions, load_options
 from app.submission import validate_submission
 from bench.forms import GOOD_FORM, multipart  # noqa: F401 - shared with the benchmark
-from bench.gunicorn import DEPLOY_CONFIG, Gunicorn, LineWatcher  # noqa: F401 - shared with the benchmark
+from bench.gunicorn import DEPLOY_CONFIG, ROOT, Gunicorn, LineWatcher  # noqa: F401 - shared with the benchmark
 from bench.ports import free_port, system_program, wait_for_port  # noqa: F401 - shared with the tests
 
-ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data"
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
