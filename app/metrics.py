@@ -1,6 +1,8 @@
 """Prometheus metrics, correct across gunicorn workers when PROMETHEUS_MULTIPROC_DIR is set."""
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import re
 
@@ -41,11 +43,30 @@ OPTIONS_INFO = Gauge("email_options_info", "1 for the options in force, by the f
                      "of their text", ["digest"], multiprocess_mode="livemax")
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics page and its content type, merged over all workers in multiprocess mode."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+class _SizedFilesCollector(multiprocess.MultiProcessCollector):
+    """prometheus_client's multiprocess collector without the files still empty: a starting worker creates its
+    file and sizes it a moment later, and the library fails on a file read in between."""
+
+    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+        self.folder = path
+        super().__init__(registry, path=path)
+
+    def collect(self):  # untyped, as the library's
+        files = []
+        for name in glob.glob(os.path.join(self.folder, "*.db")):
+            with contextlib.suppress(OSError):  # a dead process's file removed meanwhile
+                if os.path.getsize(name) > 0:
+                    files.append(name)
+        return self.merge(files, accumulate=True)
+
+
+def exposition(folder: str | None = None) -> tuple[bytes, str]:
+    """The metrics page and its content type, merged over all workers in multiprocess mode (the files of
+    `folder`, by default PROMETHEUS_MULTIPROC_DIR's)."""
+    folder = folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        _SizedFilesCollector(registry, folder)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 

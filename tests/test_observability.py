@@ -1,10 +1,14 @@
 """What operators watch: one JSON log line per request without customer content, and Prometheus metrics."""
 import json
 import logging
+import os
+import subprocess
+import sys
 
-from support import GOOD_FORM, PDF, metric, multipart
+from support import GOOD_FORM, PDF, ROOT, metric, multipart
 
 from app.logs import JsonFormatter
+from app.metrics import exposition
 
 
 def request_lines(caplog):
@@ -79,3 +83,15 @@ def test_log_lines_escape_unicode_line_breaks():
     line = JsonFormatter().format(record)
     assert line.isascii() and "\n" not in line
     assert json.loads(line)["message"] == "x\u2028y\x85z"
+
+
+def test_metrics_are_served_while_a_new_worker_is_creating_its_file(tmp_path):
+    """A worker's metrics file exists empty for a moment at its start (prometheus_client creates it, then sizes
+    it): a scrape at that moment gets every other process's metrics, not an error."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    subprocess.run([sys.executable, "-c", "from app import metrics; metrics.DUPLICATES.labels('support').inc()"],
+                   cwd=ROOT, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}, check=True)
+    (folder / "counter_4242.db").write_bytes(b"")  # a starting worker's, not sized yet
+    page = exposition(str(folder))[0].decode()
+    assert metric(page, "email_duplicates_total", service="support") == 1

@@ -7,8 +7,9 @@ import time
 
 import pytest
 from aiosmtpd.controller import Controller
-from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from support import GOOD_FORM, Gunicorn, free_port, metric, multipart
+
+from app.metrics import exposition
 
 pytestmark = pytest.mark.e2e
 
@@ -25,9 +26,7 @@ def form() -> tuple[bytes, dict[str, str]]:
 
 def metrics_files(folder) -> str:
     """The node's metrics as /metrics would show them, read from the files without asking any worker."""
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(folder / "metrics"))
-    return generate_latest(registry).decode()
+    return exposition(str(folder / "metrics"))[0].decode()
 
 
 def test_relay_up_is_zero_as_soon_as_the_last_attempt_could_not_connect(tmp_path, options_file):
