@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.form import read_form
+from app.logs import JsonFormatter
 from app.message import OutgoingEmail, compose, new_interaction_id
 from app.options import SmtpOptions, load_options
 from app.submission import validate_submission
@@ -107,6 +108,12 @@ def raw_header(raw: bytes, name: str) -> str:
     header_block = raw.split(b"\r\n\r\n")[0].decode("ascii")
     value = re.search(rf"^{name}: (.*?)\r\n(?! )", header_block, re.M | re.S)[1]
     return value.replace("\r\n ", " ")
+
+
+def log_lines(caplog, event: str | None = None) -> list[dict[str, Any]]:
+    """The service's log records as its JSON log writes them; only those of `event`, if given."""
+    return [json.loads(JsonFormatter().format(record)) for record in caplog.records
+            if record.name.startswith("app") and (event is None or getattr(record, "fields", {}).get("event") == event)]
 
 
 def codes(response) -> list[int]:

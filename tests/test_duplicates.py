@@ -1,17 +1,15 @@
 """One form, one email (contract section 9): resends, double clicks and Idempotency-Keys, in one process."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support import GOOD_FORM, PDF, PNG, codes, metric, multipart, post_form
+from support import GOOD_FORM, PDF, PNG, codes, log_lines, metric, multipart, post_form
 
 from app.attachments import Attachment
 from app.duplicates import fingerprint
-from app.logs import JsonFormatter
 from app.metrics import exposition
 from app.options import load_options
 from app.submission import Submission
@@ -27,11 +25,6 @@ def own_claims(own_state_folder):
 def window(options_file):
     """The shipped window of 10 minutes, and a relay that takes its time (timeout 5 s)."""
     options_file.write(email={"duplicate_window": "10m"}, smtp={"timeout": "5"})
-
-
-def log_lines(caplog, event: str) -> list[dict]:
-    return [json.loads(JsonFormatter().format(record)) for record in caplog.records
-            if getattr(record, "fields", {}).get("event") == event]
 
 
 def interaction_ids(smtp_server) -> list[str]:

@@ -7,16 +7,14 @@ WARNING line and the failure metric an operator sees, and that an email exists a
 deliver() returned. What each error answers over HTTP is test_delivery.py's mapping test."""
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
 from prometheus_client import REGISTRY
-from support import composed, free_port
+from support import composed, free_port, log_lines
 
 from app.delivery import deliver
 from app.errors import PermanentDeliveryError, TransientDeliveryError
-from app.logs import JsonFormatter
 
 STAGES = ("greeting", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "END")
 TEMPORARY = {"greeting": "421 4.3.2 busy", "EHLO": "421 4.3.2 busy", "STARTTLS": "454 4.7.0 TLS not available",
@@ -36,9 +34,8 @@ def failures(stage: str, outcome: str) -> float:
 
 
 def warning_lines(caplog) -> list[dict]:
-    """The delivery's WARNING lines, as the JSON log writes them."""
-    return [json.loads(JsonFormatter().format(record)) for record in caplog.records
-            if record.levelname == "WARNING" and record.name.startswith("app")]
+    """The service's WARNING lines, as the JSON log writes them."""
+    return [line for line in log_lines(caplog) if line["level"] == "WARNING"]
 
 
 def failed_delivery(email, smtp, caplog) -> TransientDeliveryError | PermanentDeliveryError:

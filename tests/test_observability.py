@@ -5,15 +5,14 @@ import os
 import subprocess
 import sys
 
-from support import GOOD_FORM, PDF, ROOT, metric, multipart
+from support import GOOD_FORM, PDF, ROOT, log_lines, metric, multipart
 
 from app.logs import JsonFormatter
 from app.metrics import exposition
 
 
 def request_lines(caplog):
-    return [json.loads(JsonFormatter().format(record)) for record in caplog.records
-            if getattr(record, "fields", {}).get("event") == "request"]
+    return log_lines(caplog, "request")
 
 
 def test_one_log_line_per_request_without_customer_content(submit, caplog):
