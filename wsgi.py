@@ -3,8 +3,8 @@ import logging
 import sys
 
 from app import create_app
-from app.options import OptionsError
-from app.snapshot import StateFolderError
+from app.options.model import OptionsError
+from app.store.folder import StateFolderError
 
 # gunicorn's code for "worker failed to boot": the arbiter stops instead of respawning workers forever.
 WORKER_BOOT_ERROR = 3

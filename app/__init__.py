@@ -11,14 +11,12 @@ from app.logs import configure_logging
 
 def create_app(options_path: str | Path | None = None, relay: tuple[str, int] | None = None,
                clamd: str | None = None) -> Flask:
-    """Create and configure an instance of the Flask application; raises OptionsError for a bad file.
-
-    `relay` (host, port) replaces the relay that [smtp] names, `clamd` the scanner of [scan] (the local run's
-    --relay and --clamd)."""
+    """Create and configure an instance of the Flask application; raises OptionsError for a bad file."""
+    # `relay` (host, port) and `clamd` replace what [smtp] and [scan] name: the local run's --relay and --clamd.
     # Imported here, so that `python -m app check` loads neither metrics nor the request path.
-    from app import cors, email_api, node, request_log, responses, status_page
-    from app.options_store import OptionsStore
-    from app.request_options import OptionsPerRequest
+    from app.options.store import OptionsStore
+    from app.web import cors, email_api, node, request_log, responses, status_page
+    from app.web.request_options import OptionsPerRequest
 
     configure_logging()
     app = Flask(__name__)

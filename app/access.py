@@ -7,7 +7,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from app.errors import BAD_CREDENTIALS, FOREIGN_ORIGIN, ApiError
-from app.options import Options
+from app.options.model import Options
 
 log = logging.getLogger(__name__)
 PREFLIGHT_MAX_AGE = 600
@@ -40,10 +40,10 @@ def _matches(origin: tuple[str, str, int], entry: str) -> bool:
 
 def origin_allowed(origin: str, options: Options) -> bool:
     """Whether `[cors] allowed_origins` lets a page from `origin` call the endpoint."""
-    if "*" in options.allowed_origins:
+    if "*" in options.cors.allowed_origins:
         return True
     parts = _parts(origin)
-    return parts is not None and any(_matches(parts, entry) for entry in options.allowed_origins)
+    return parts is not None and any(_matches(parts, entry) for entry in options.cors.allowed_origins)
 
 
 def same_origin(origin: str, own_url: str) -> bool:
@@ -94,12 +94,12 @@ def _key_bytes(key: str) -> list[bytes]:
 
 def check_api_key(presented: list[str | None], options: Options) -> None:
     """Raise a 401 ApiError unless API keys are off or one presented key equals a configured one."""
-    if not options.api_keys:
+    if not options.security.api_keys:
         return
     for candidate in filter(None, presented):
         sent = _header_bytes(candidate)
         # Compare with every key, as UTF-8 and as Latin-1 bytes, in constant time, so timing tells nothing.
-        if any([hmac.compare_digest(sent, form) for key in options.api_keys for form in _key_bytes(key)]):
+        if any([hmac.compare_digest(sent, form) for key in options.security.api_keys for form in _key_bytes(key)]):
             return
     raise ApiError.single(BAD_CREDENTIALS, "A valid API key is required in the apikey or x-api-key header.")
 
@@ -111,10 +111,10 @@ class Headers(Protocol):
 
 
 def admit(headers: Headers, own_url: str, options: Options) -> None:
-    """Let a post in only from an allowed or the service's own origin (or none), with a valid API key if any
-    are configured. A foreign origin is refused before anything is delivered: the browser could not read the
-    answer, and the customer would retry."""
+    """Let a post in only from an allowed or the service's own origin (or none), with a valid API key if any."""
     origin = headers.get("Origin")
+    # A foreign origin is refused before anything is delivered: the browser could not read the answer, and the
+    # customer would retry.
     try:
         check_origin(origin, own_url, options)
     except ApiError:

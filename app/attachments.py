@@ -20,8 +20,8 @@ from app.errors import (
     Problem,
     attachments_too_large,
 )
-from app.form import CHUNK, Upload
-from app.options import ServiceOptions
+from app.form import READ_CHUNK, Upload
+from app.options.model import ServiceOptions
 from app.rules import CONTROL
 
 FILE_FIELDS = ("files", "files[]")
@@ -75,7 +75,7 @@ def _is_text(stream: IO[bytes]) -> bool:
         decoder = codecs.getincrementaldecoder(encoding)()
         stream.seek(0)
         try:
-            while chunk := stream.read(CHUNK):
+            while chunk := stream.read(READ_CHUNK):
                 if b"\0" in chunk:
                     return False
                 decoder.decode(chunk)
@@ -112,11 +112,9 @@ def _directory_claims(stream: IO[bytes]) -> tuple[int, int] | None:
 
 
 def _is_harmless_zip(stream: IO[bytes]) -> bool:
-    """A readable archive whose central directory claims no bomb; nothing is extracted.
-
-    The claims of the end record are checked before zipfile reads the directory, so that memory and CPU
-    per request stay bounded whatever the archive says.
-    """
+    """A readable archive whose central directory claims no bomb; nothing is extracted."""
+    # The end record's claims are checked before zipfile reads the directory: memory and CPU per request stay
+    # bounded whatever the archive says.
     claims = _directory_claims(stream)
     if claims is None or claims[0] > MAX_ZIP_ENTRIES or claims[1] > MAX_ZIP_DIRECTORY:
         return False

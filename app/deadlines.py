@@ -19,13 +19,11 @@ class Watch:
 
 
 class Deadlines:
-    """At a deadline the socket is shut down, which ends any read or write waiting on it. A socket timeout bounds
-    each recv(); this bounds a whole reply, or a whole exchange.
+    """Sockets shut down at their deadline, which ends any read or write waiting on them: a whole reply or a whole
+    exchange is bounded, where a socket timeout bounds each recv() only."""
 
-    One thread per process looks at the watched sockets every TICK seconds: a registration costs a set insert,
-    and deadlines are met to within a tick.
-    """
-
+    # One thread per process looks at the watched sockets every TICK seconds: a registration costs a set insert,
+    # and deadlines are met to within a tick.
     TICK = 0.05
 
     def __init__(self) -> None:

@@ -13,18 +13,18 @@ import hashlib
 import json
 import logging
 import re
+import secrets
+import string
 import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from app import metrics
-from app.claim_stores import ClaimStore, StoreError, claim_store
-from app.delivery import DELIVERY_TIMEOUTS
 from app.errors import BAD_IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_REUSED, ApiError, TransientDeliveryError
-from app.message import new_interaction_id
-from app.options import Options, ServiceOptions
+from app.options.model import Options, ServiceOptions
 from app.rules import LINE_END
+from app.store import Store, StoreError, open_store
 from app.submission import Submission
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,17 @@ GRACE = 2.0  # seconds beyond the delivery's own bound, for composing and answer
 POLL = 0.05  # seconds between looks at a claim whose delivery is in flight
 BARE_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 QUOTED_KEY = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\\"])*)"')  # a structured-field string
+ID_ALPHABET = string.digits + string.ascii_uppercase
+
+
+def new_interaction_id() -> str:
+    """A unique id of 16 characters of [0-9A-Z] (82 random bits), shown to the client and carried by the email."""
+    number = secrets.randbits(83) % 36**16
+    digits = []
+    for _ in range(16):
+        number, digit = divmod(number, 36)
+        digits.append(ID_ALPHABET[digit])
+    return "".join(digits)
 
 
 def fingerprint(submission: Submission, service: ServiceOptions) -> str:
@@ -65,9 +76,9 @@ def _record(state: str, interaction_id: str, form: str, until: float = 0) -> str
     return json.dumps({"state": state, "id": interaction_id, "fingerprint": form, "until": until})
 
 
-def _parse(record: str) -> dict[str, Any] | None:
+def _record_from(text: str) -> dict[str, Any] | None:
     try:
-        value = json.loads(record)
+        value = json.loads(text)
         return value if isinstance(value, dict) and {"state", "id", "fingerprint", "until"} <= value.keys() else None
     except ValueError:
         return None
@@ -90,7 +101,7 @@ class Claim:
     fingerprint: str
     duplicate: bool = False
     resend: bool = False
-    store: ClaimStore | None = None
+    store: Store | None = None
     key: str = ""
     record: str = ""
     window: float = 0.0
@@ -133,11 +144,11 @@ def claim(submission: Submission, service: ServiceOptions, options: Options, key
     else:
         store_key, window = f"form:{form}", service.duplicate_window
     scanning = options.scan.timeout if submission.attachments and options.scan.clamd else 0.0
-    bound = scanning + DELIVERY_TIMEOUTS * options.smtp.timeout + GRACE
+    bound = scanning + options.smtp.delivery_bound + GRACE
     try:
-        store = claim_store(options.dedup_store)
+        store = open_store(options.server.dedup_store)
     except StoreError as exc:
-        _store_failed("the state folder's SQLite file" if not options.dedup_store else "Redis", "open", exc)
+        _store_failed("the state folder's SQLite file" if not options.server.dedup_store else "Redis", "open", exc)
         return Claim(new_interaction_id(), form)
     try:
         found = _claim(store, store_key, form, window, bound)
@@ -149,7 +160,7 @@ def claim(submission: Submission, service: ServiceOptions, options: Options, key
     return found
 
 
-def _claim(store: ClaimStore, key: str, form: str, window: float, bound: float) -> Claim:
+def _claim(store: Store, key: str, form: str, window: float, bound: float) -> Claim:
     patience = time.monotonic() + bound
     interaction_id = new_interaction_id()
     while True:
@@ -159,7 +170,7 @@ def _claim(store: ClaimStore, key: str, form: str, window: float, bound: float) 
         current = store.get(key)
         if current is None:  # settled as not delivered, or expired, meanwhile
             continue
-        first = _parse(current)
+        first = _record_from(current)
         if first is not None and first["fingerprint"] != form:
             raise ApiError.single(IDEMPOTENCY_KEY_REUSED, "This Idempotency-Key was used for a different form.")
         if first is not None and first["state"] == DELIVERED:

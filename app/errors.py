@@ -136,12 +136,8 @@ class RetryLater(ApiError):
 
 
 class TransientDeliveryError(RetryLater):
-    """The relay did not take the message, and trying again later may help; `stage` and `reply_code` as for
-    PermanentDeliveryError.
-
-    `ambiguous` is set when the end of DATA was sent but no reply came: the relay may have accepted the
-    message, so it is logged for an operator to check.
-    """
+    """The relay did not take the message, and trying again later may help; `ambiguous` once the end of DATA was
+    sent but no reply came (the relay may hold it)."""
 
     def __init__(self, reply_code: int | None = None, *, ambiguous: bool = False, stage: str | None = None,
                  reason: str | None = None) -> None:

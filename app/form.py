@@ -21,11 +21,11 @@ from app.errors import (
     ApiError,
     attachments_too_large,
 )
-from app.options import ServiceOptions
+from app.options.model import ServiceOptions
 
 ALLOWANCE = 1024 * 1024  # bytes that the non-file fields may take together
 MAX_PARTS = 1000
-CHUNK = 64 * 1024
+READ_CHUNK = 64 * 1024  # bytes read from a body or a spooled file at a time
 SPOOL_IN_MEMORY = 256 * 1024
 
 
@@ -103,11 +103,9 @@ def _decode(raw: bytes, charset: str, name: str) -> str:
 
 def read_form(stream: IO[bytes], content_type: str | None, content_length: int | None,
               service: ServiceOptions) -> Form:
-    """Parse a multipart or urlencoded body; the whole body may take the service's `max_size` plus the allowance.
-
-    A Content-Length that already says more is refused without reading the body (and the connection closed).
-    """
+    """Parse a multipart or urlencoded body; the whole body may take the service's `max_size` plus the allowance."""
     max_size = service.max_size
+    # A Content-Length that already says more is refused without reading the body (and the connection closed).
     if (content_length or 0) > max_size + ALLOWANCE:
         raise too_large(max_size, headers={"Connection": "close"})
     mimetype, params = parse_options_header(content_type or "")
@@ -144,7 +142,7 @@ class _MultipartReader:
     """Feeds a MultipartDecoder and keeps the service's limits while the parts arrive."""
 
     def __init__(self, boundary: bytes, max_size: int) -> None:
-        self.decoder = MultipartDecoder(boundary, max_form_memory_size=ALLOWANCE)
+        self.decoder = MultipartDecoder(boundary, max_form_memory_size=ALLOWANCE, max_parts=MAX_PARTS)
         self.form = Form()
         self.max_size = max_size
         self.body_bytes = self.field_bytes = self.parts = 0
@@ -169,8 +167,6 @@ class _MultipartReader:
 
     def _start(self, part: Field | File) -> None:
         self.parts += 1
-        if self.parts > MAX_PARTS:
-            raise ApiError.single(FORM_TOO_LARGE, f"The form has more than {MAX_PARTS} parts.")
         if not part.name:
             raise _malformed("a part has no name")
         self.part, self.chunks, self.upload = part, [], None
@@ -200,13 +196,15 @@ def _read_multipart(stream: IO[bytes], boundary: bytes, max_size: int) -> Form:
     reader = _MultipartReader(boundary, max_size)
     try:
         while True:
-            chunk = stream.read(CHUNK)
+            chunk = stream.read(READ_CHUNK)
             if reader.feed(chunk):
                 return reader.form
             if not chunk:
                 raise _malformed("the body ends before the closing boundary")
-    except RequestEntityTooLarge:
+    except RequestEntityTooLarge:  # the decoder's limits: the fields' memory, or the count of parts
         reader.form.close()
+        if reader.parts >= MAX_PARTS:
+            raise ApiError.single(FORM_TOO_LARGE, f"The form has more than {MAX_PARTS} parts.") from None
         raise _fields_too_large() from None
     except ValueError as exc:
         reader.form.close()

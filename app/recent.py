@@ -11,7 +11,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-from app.snapshot import StateFolderError, state_folder
+from app.store.folder import StateFolderError, state_folder
 
 HOUR = 3600
 FAILURES_KEPT = 20

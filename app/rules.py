@@ -36,9 +36,10 @@ def mailbox_address(value: str) -> str:
 
 
 def mailbox_allowed(mailbox: str, as_sent: str, configured: frozenset[str], allowed: tuple[str, ...]) -> bool:
-    """Whether a request may name `mailbox` (validated; `as_sent` as the request wrote it): one of the `configured`
-    mailboxes, or matching an `allowed` address or `*@domain` — unless its local part is one a relay could route
-    onward (the percent hack, bang paths, quoting, source routes) or a mail client would decode (`=?`)."""
+    """Whether a request may name `mailbox` (`as_sent` as the request wrote it): one of the `configured` mailboxes,
+    or matching an `allowed` address or `*@domain` with a local part no relay routes onward."""
+    # Refused under `*@domain`: the percent hack, bang paths, quoting and source routes (relays honour them), and
+    # `=?` anywhere (mail clients decode it).
     wanted = mailbox.lower()
     if ENCODED_WORD_START in wanted:
         return False

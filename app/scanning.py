@@ -1,9 +1,7 @@
 """Files from strangers (contract section 10): every attachment streamed to ClamAV's daemon with INSTREAM before
-anything goes to the relay, in one clamd session per request and within one deadline for all its files.
-
-Hand-written: the maintained, permissively licensed client (clamdpy, MIT) opens a connection per file and bounds
-each read only, where a request needs one session and one deadline however slowly clamd answers.
-"""
+anything goes to the relay, in one clamd session per request and within one deadline for all its files."""
+# Hand-written: the maintained, permissively licensed client (clamdpy, MIT) opens a connection per file and bounds
+# each read only, where a request needs one session and one deadline however slowly clamd answers.
 from __future__ import annotations
 
 import logging
@@ -17,11 +15,11 @@ from app import metrics
 from app.attachments import Attachment
 from app.deadlines import DEADLINES
 from app.errors import FILE_TYPE_NOT_ALLOWED, ApiError, Problem, RetryLater
-from app.options import ScanOptions
+from app.options.model import ScanOptions
 from app.recent import RECENT
 
 log = logging.getLogger(__name__)
-CHUNK = 64 * 1024  # bytes per INSTREAM chunk
+INSTREAM_CHUNK = 64 * 1024  # bytes per INSTREAM chunk
 MAX_REPLY = 4096  # bytes of one clamd reply
 
 
@@ -74,7 +72,7 @@ def _scan_one(sock: socket.socket, attachment: Attachment) -> str:
     sock.sendall(b"zINSTREAM\0")
     attachment.stream.seek(0)
     try:
-        while block := attachment.stream.read(CHUNK):
+        while block := attachment.stream.read(INSTREAM_CHUNK):
             sock.sendall(struct.pack(">I", len(block)) + block)
         sock.sendall(struct.pack(">I", 0))
     except (BrokenPipeError, ConnectionResetError):  # clamd stopped reading: its reply says why, if it came
@@ -85,9 +83,8 @@ def _scan_one(sock: socket.socket, attachment: Attachment) -> str:
 
 
 def infected(attachments: list[Attachment], address: str, timeout: float) -> list[tuple[int, str]]:
-    """The 1-based positions of the attachments clamd reports infected, with the signature's name.
-
-    Raises ScanFailed when clamd cannot be reached, does not answer within `timeout`, or answers an error."""
+    """The 1-based positions of the attachments clamd reports infected, with the signature's name; ScanFailed when
+    clamd cannot be reached, does not answer within `timeout`, or answers an error."""
     found = []
     with _session(address, time.monotonic() + timeout) as sock:
         for position, attachment in enumerate(attachments, 1):

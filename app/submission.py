@@ -24,7 +24,7 @@ from app.errors import (
     Problem,
 )
 from app.form import Form
-from app.options import Options, ServiceOptions
+from app.options.model import Options, ServiceOptions
 from app.rules import CONTROL_BUT_TAB, CONTROL_IN_VALUE, ENCODED_WORD_START, mailbox_address, mailbox_allowed
 
 _SPACE = r"(?:\t|[^\S\x00-\x1f\x7f-\x9f\u2028\u2029])"

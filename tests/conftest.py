@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import shutil
 import ssl
 import threading
 from collections import defaultdict
@@ -16,10 +17,10 @@ import support
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
-from support import Received, free_port, post_form
+from support import Received, RedisServer, free_port, post_form
 
 from app import create_app
-from app.smtp_session import close_kept_session
+from app.mail.delivery import close_kept_session
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -165,6 +166,16 @@ def own_state_folder(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def redis_server(tmp_path):
+    """A real Redis server (Debian's redis-server) on a free port, for the store several nodes share."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("Debian's redis-server is not installed (.ci/run installs it)")
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def smtp_server():
     """A real SMTP server (aiosmtpd) on a free port whose handler records messages and can be told to fail."""
     handler = FaultyHandler()
@@ -222,7 +233,7 @@ class OptionsFile:
         self.sections: dict[str, dict[str, str]] = {
             "email": {"mailbox": "support@example.com", "tenant": "Environment"},
             "email.sales": {"mailbox": "sales@example.com", "max_files": "3"},
-            "smtp": {"host": "127.0.0.1", "port": str(smtp_port), "timeout": "0.3", "helo_name": "gms.test"},
+            "smtp": {"host": "127.0.0.1", "port": str(smtp_port), "timeout": "10", "helo_name": "gms.test"},
             "server": {"reload_interval": "0", "status_file": str(path.with_name("node.status"))},
         }
         self.write()
@@ -247,7 +258,7 @@ class OptionsFile:
 
 @pytest.fixture
 def options_file(tmp_path, smtp_server) -> OptionsFile:
-    """An options file in tmp_path pointing at the test SMTP server (replies within 0.3 s), re-read on every request."""
+    """An options file in tmp_path pointing at the test SMTP server, re-read on every request."""
     return OptionsFile(tmp_path / "options.ini", smtp_server.port)
 
 

@@ -5,7 +5,11 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
 import threading
 import zipfile
 from collections.abc import Sequence
@@ -15,10 +19,12 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from app.duplicates import new_interaction_id
 from app.form import read_form
 from app.logs import JsonFormatter
-from app.message import OutgoingEmail, compose, new_interaction_id
-from app.options import SmtpOptions, load_options
+from app.mail.message import OutgoingEmail, compose
+from app.options.load import load_options
+from app.options.model import SmtpOptions
 from app.submission import validate_submission
 from bench.forms import GOOD_FORM, multipart  # noqa: F401 - shared with the benchmark
 from bench.gunicorn import DEPLOY_CONFIG, ROOT, Gunicorn, LineWatcher  # noqa: F401 - shared with the benchmark
@@ -157,3 +163,24 @@ class TrickleHandler:
         if self.stage == "END":
             await self._trickle(server)
         return "250 OK"
+
+
+REDIS_PASSWORD = "s3cret-r3dis-pass"
+
+
+class RedisServer:
+    """Debian's redis-server with no persistence and a password, on a free port; stopped by PID."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--requirepass", REDIS_PASSWORD, "--dir", str(folder)],
+            stdout=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)

@@ -19,7 +19,8 @@ from aiosmtpd.controller import Controller
 from support import GOOD_FORM, PDF, PNG, ROOT, free_port, multipart
 from werkzeug.serving import make_server
 
-from app.local import MaildirHandler, local_app
+from app.local.maildir import MaildirHandler
+from app.local.run import local_app
 
 CHROMIUM = shutil.which("chromium")
 SCREENSHOTS = ROOT / "build" / "screenshots"

@@ -8,7 +8,7 @@ import sys
 import pytest
 from support import ROOT
 
-from app.check import main as check
+from app.options.check import main as check
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ def test_each_kind_of_delivery_failure_gets_the_contracts_answer(options_file, s
         options_file.write(smtp={"port": str(free_port())})
     else:
         smtp_server.faults[stage] = reply
+    if reply == "stall":  # until the service gives up: a short timeout
+        options_file.write(smtp={"timeout": "0.3"})
     response = submit()
     body = response.get_json()
     assert (response.status_code, body["statusCode"], [e["code"] for e in body.get("errors", [])]) == expected
@@ -78,7 +80,7 @@ def test_a_kept_session_that_broke_is_replaced_before_mail(submit, smtp_server, 
 
 
 def test_a_session_idle_too_long_is_not_reused(submit, smtp_server, monkeypatch):
-    monkeypatch.setattr("app.smtp_session.IDLE_LIMIT", 0)
+    monkeypatch.setattr("app.mail.session.IDLE_LIMIT", 0)
     submit()
     submit()
     assert (smtp_server.sessions, len(smtp_server.messages)) == (2, 2)

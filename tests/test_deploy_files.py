@@ -4,8 +4,8 @@ import subprocess
 
 from support import ROOT, free_port, system_program
 
-from app.delivery import DELIVERY_TIMEOUTS
-from app.options_schema import OTHER_SECTIONS_SPEC
+from app.options.model import DELIVERY_TIMEOUTS
+from app.options.schema import OTHER_SECTIONS_SPEC
 
 
 def setting(path: str, pattern: str) -> float:

@@ -11,7 +11,7 @@ from support import GOOD_FORM, PDF, PNG, codes, log_lines, metric, multipart, po
 from app.attachments import Attachment
 from app.duplicates import fingerprint
 from app.metrics import exposition
-from app.options import load_options
+from app.options.load import load_options
 from app.submission import Submission
 
 
@@ -129,13 +129,14 @@ def test_a_form_that_was_not_delivered_is_delivered_when_it_comes_again(window, 
 
 def test_after_an_ambiguous_end_the_resend_is_delivered_with_the_same_id_and_message_id(
         options_file, submit, smtp_server, caplog):
-    options_file.write(email={"duplicate_window": "10m"})  # timeout 0.3 s: a relay silent at END is ambiguous
+    options_file.write(email={"duplicate_window": "10m"}, smtp={"timeout": "0.3"})  # silent at END: ambiguous
     smtp_server.faults["END"] = "stall"
     with caplog.at_level(logging.INFO, logger="app"):
         first = submit()
     assert first.get_json()["statusCode"] == 1
     [ambiguous] = [line for line in log_lines(caplog, "request") if line["outcome"] == "ambiguous"]
     del smtp_server.faults["END"]
+    options_file.write(smtp={"timeout": "10"})
     with caplog.at_level(logging.INFO, logger="app"):
         again = submit().get_json()
     assert again == {"statusCode": 0, "interactionId": ambiguous["interaction_id"]}
@@ -239,31 +240,3 @@ def test_the_sqlite_store_is_one_file_in_the_state_folder_shared_by_every_app(wi
     again = other_process.post("/genesys/2/email/support", data=body, content_type=content_type).get_json()
     assert again == first and len(smtp_server.messages) == 1
     assert (own_state_folder / "duplicates.sqlite3").is_file()
-
-
-def test_expired_claims_are_purged_as_new_ones_are_made(tmp_path):
-    import sqlite3
-
-    from app.claim_stores import SqliteStore
-
-    store = SqliteStore(tmp_path / "claims.sqlite3")
-    for number in range(40):
-        assert store.add(f"old-{number}", "{}", -1)  # expired as soon as written
-    assert store.get("old-0") is None and store.add("old-0", "{}", 60)  # an expired claim makes way at once
-    for number in range(3):
-        store.add(f"new-{number}", "{}", 60)
-    rows = sqlite3.connect(tmp_path / "claims.sqlite3").execute("SELECT key FROM claims").fetchall()
-    assert sorted(key for (key,) in rows) == ["new-0", "new-1", "new-2", "old-0"]
-
-
-def test_the_first_claims_on_a_new_store_never_find_it_locked(tmp_path):
-    """A node's first forms: two worker threads open the new SQLite file at the same moment (a double click saw
-    'database is locked': SQLite answers a concurrent switch to WAL at once, without waiting)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from app.claim_stores import SqliteStore
-
-    for round_ in range(100):
-        store = SqliteStore(tmp_path / f"claims-{round_}.sqlite3")
-        with ThreadPoolExecutor(2) as pool:
-            assert list(pool.map(store.add, ("k0", "k1"), ("{}", "{}"), (60, 60))) == [True, True]

@@ -5,48 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import OptionsFile
-from support import GOOD_FORM, Gunicorn, metric, multipart, wait_for_port
+from support import GOOD_FORM, REDIS_PASSWORD, Gunicorn, metric, multipart
 
 from app import create_app
 from app.metrics import exposition
-
-PASSWORD = "s3cret-r3dis-pass"
-
-
-class RedisServer:
-    """A redis-server with no persistence and a password, on a free port; stopped by PID."""
-
-    def __init__(self, folder) -> None:
-        from support import free_port
-
-        self.port = free_port()
-        self.url = f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--requirepass", PASSWORD, "--dir", str(folder)], stdout=subprocess.DEVNULL)
-        wait_for_port(self.port, self.process)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    """A real Redis server for the duplicate store of several nodes."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("Debian's redis-server is not installed (.ci/run installs it)")
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 def form() -> tuple[bytes, dict[str, str]]:
@@ -76,7 +43,7 @@ def test_two_nodes_sharing_redis_deliver_a_resend_once(redis_server, tmp_path, s
         log = other_node.stop()
     assert (status, again) == (200, first) and first["statusCode"] == 0
     assert len(smtp_server.messages) == 1
-    assert PASSWORD not in log
+    assert REDIS_PASSWORD not in log
 
 
 def test_a_double_click_through_redis_is_one_email(redis_server, options_file, client, smtp_server):
@@ -104,19 +71,19 @@ def test_redis_stopped_mid_run_never_stops_a_delivery(redis_server, options_file
     [warning] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "dedup_store_error"]
     assert warning.levelname == "WARNING" and "Redis redis://127.0.0.1" in warning.getMessage()
     assert metric(exposition()[0].decode(), "email_dedup_store_errors_total") == before + 1
-    assert PASSWORD not in caplog.text and PASSWORD not in json.dumps(again)
+    assert REDIS_PASSWORD not in caplog.text and REDIS_PASSWORD not in json.dumps(again)
 
 
 def test_a_wrong_redis_password_is_a_store_error_that_names_no_password(redis_server, options_file, client,
                                                                        smtp_server, caplog):
-    wrong = redis_server.url.replace(PASSWORD, "not-the-password")
+    wrong = redis_server.url.replace(REDIS_PASSWORD, "not-the-password")
     options_file.write(email={"duplicate_window": "10m"}, server={"dedup_store": f'"{wrong}"'})
     body, headers = form()
     with caplog.at_level(logging.INFO, logger="app"):
         assert client.post("/genesys/2/email/support", data=body, headers=headers).get_json()["statusCode"] == 0
     assert "dedup_store_error" in caplog.text or any(
         getattr(r, "fields", {}).get("event") == "dedup_store_error" for r in caplog.records)
-    assert "not-the-password" not in caplog.text and PASSWORD not in caplog.text
+    assert "not-the-password" not in caplog.text and REDIS_PASSWORD not in caplog.text
 
 
 # Through gunicorn: the workers of one node share the SQLite file in the state folder.

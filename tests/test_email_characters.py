@@ -13,8 +13,9 @@ from email.utils import parseaddr
 import pytest
 from support import raw_header
 
-from app.message import compose, header
-from app.options import options_from_bytes
+from app.mail.headers import header
+from app.mail.message import compose
+from app.options.load import options_from_bytes
 from app.submission import Submission
 
 OPTIONS = options_from_bytes(b"[email]\nmailbox = support@example.com\ntenant = Environment\n", "options.ini")

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import REGISTRY
 from support import composed, free_port, log_lines
 
-from app.delivery import deliver
 from app.errors import PermanentDeliveryError, TransientDeliveryError
+from app.mail.delivery import deliver
 
 STAGES = ("greeting", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "END")
 TEMPORARY = {"greeting": "421 4.3.2 busy", "EHLO": "421 4.3.2 busy", "STARTTLS": "454 4.7.0 TLS not available",
@@ -56,6 +56,8 @@ CASES = [(stage, pipelining) for stage in STAGES for pipelining in (True, False)
 def test_fault(secure_relay, options_file, smtp_server, caplog, stage, fault, pipelining):
     smtp_server.pipelining = pipelining
     secure_relay("starttls")
+    if fault == "stall":  # until the service gives up: a short timeout
+        options_file.write(smtp={"timeout": "0.3"})
     reply = {"4xx": TEMPORARY[stage], "5xx": PERMANENT[stage]}.get(fault, fault)
     smtp_server.faults[stage] = reply
     email, smtp = composed(options_file.path)

@@ -12,7 +12,7 @@ from support import GOOD_FORM, PDF, PNG, multipart
 
 from app.errors import ApiError
 from app.form import ALLOWANCE, Form, read_form
-from app.options import load_options
+from app.options.load import load_options
 
 PARTS = [*GOOD_FORM.items(), ("userData", "order=A-17"), ("userData[note]", "x=y"), ("userData", "order=B-2"),
          ("files", ("invoice.pdf", PDF)), ("files", ("pixel.png", PNG))]

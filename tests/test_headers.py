@@ -1,7 +1,7 @@
-"""The header writer (app/headers.py) refuses what could end a header line, whatever its caller checked."""
+"""The header writer (app/mail/headers.py) refuses what could end a header line, whatever its caller checked."""
 import pytest
 
-from app.headers import POLICY, HeaderInjection, header
+from app.mail.headers import POLICY, HeaderInjection, header
 
 
 @pytest.mark.parametrize(("name", "text", "address"), (

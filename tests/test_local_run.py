@@ -20,7 +20,8 @@ from aiosmtpd.controller import Controller
 from support import GOOD_FORM, PDF, ROOT, free_port, post_form, wait_for_port
 
 from app import create_app
-from app.local import MaildirHandler, local_app, main, relay_address
+from app.local.maildir import MaildirHandler
+from app.local.run import local_app, main, relay_address
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from support import examples, multipart
 
 import app as app_package
 
-DESCRIPTION = Path(app_package.__file__).parent / "openapi.yaml"
+DESCRIPTION = Path(app_package.__file__).parent / "web" / "openapi.yaml"
 schema = schemathesis.openapi.from_path(str(DESCRIPTION))
 if support.QUICK_LOOP:  # the quick loop: random examples only; the whole suite adds the coverage phase's edge cases
     schema.config.phases.coverage.enabled = False

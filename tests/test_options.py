@@ -1,7 +1,8 @@
 """options.ini (contract section 7): validation that lists every problem, and hot reload."""
 import pytest
 
-from app.options import OptionsError, load_options
+from app.options.load import load_options
+from app.options.model import OptionsError
 
 
 def test_example_of_the_contract_loads(tmp_path):

@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import examples
 
-from app.options import OptionsError, load_options
-from app.options_schema import EMAIL_KEYS
+from app.options.load import load_options
+from app.options.model import OptionsError
+from app.options.schema import EMAIL_KEYS
 
 SECTIONS = ["email", "email.sales", "email.x y", "smtp", "cors", "security", "admin", "server", "other", "Email"]
 KEYS = [*EMAIL_KEYS, "host", "port", "security", "username", "password", "timeout", "helo_name", "envelope_from",

@@ -11,7 +11,7 @@ import pytest
 from support import post_form
 
 from app import create_app
-from app.options import OptionsError
+from app.options.model import OptionsError
 
 KEYED = {"apikey": "leaked"}
 

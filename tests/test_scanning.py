@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support import PDF, codes, metric, zipped
 
-from app.local import local_app
+from app.local.run import local_app
 from app.metrics import exposition
 from bench.clamd import EICAR, SIGNATURE, Clamd, clamd_executable
 
@@ -144,7 +144,7 @@ def test_the_local_run_scans_with_clamd(scanning, options_file, tmp_path, smtp_s
                                               ("clamd.internal:3310", True), ("clamd", False), ("host:99999", False),
                                               ("relative/socket", False)))
 def test_check_validates_the_scan_section(tmp_path, value, valid):
-    from app.check import main
+    from app.options.check import main
 
     path = tmp_path / "options.ini"
     path.write_text(f"[email]\nmailbox = a@example.com\n[scan]\nclamd = {value}\ntimeout = 5\n")
@@ -152,7 +152,7 @@ def test_check_validates_the_scan_section(tmp_path, value, valid):
 
 
 def test_check_refuses_a_scan_timeout_out_of_range(tmp_path, capsys):
-    from app.check import main
+    from app.options.check import main
 
     path = tmp_path / "options.ini"
     path.write_text("[email]\nmailbox = a@example.com\n[scan]\nclamd = /run/clamav/clamd.ctl\ntimeout = 600\n")

@@ -14,9 +14,9 @@ import pytest
 from support import ROOT, free_port, metric, post_form
 
 from app import create_app
-from app.check import main as check
 from app.metrics import exposition
-from app.snapshot import StateFolderError
+from app.options.check import main as check
+from app.store.folder import StateFolderError
 
 REVOKED = {"apikey": "leaked"}
 

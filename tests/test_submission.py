@@ -9,7 +9,7 @@ from support import GOOD_FORM, PDF, multipart
 
 from app.errors import ApiError
 from app.form import Form, read_form
-from app.options import load_options
+from app.options.load import load_options
 from app.submission import validate_submission
 
 

@@ -8,8 +8,8 @@ from typing import Any
 from flask import request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app.options import Options
-from app.options_store import OptionsStore
+from app.options.model import Options
+from app.options.store import OptionsStore
 
 OPTIONS_KEY = "email_api.options"
 
@@ -24,7 +24,7 @@ class OptionsPerRequest:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         options = environ[OPTIONS_KEY] = self.store.current()
-        hops = options.proxy_hops
+        hops = options.server.proxy_hops
         return (self.fixers[hops] if hops else self.wsgi_app)(environ, start_response)
 
 

@@ -1,6 +1,5 @@
-"""Every header of the email is written here: the one way past the email package's header parser, for speed and
-where that parser is wrong, and every writer refuses what could end a header line (CR, LF, NUL) whatever its
-caller checked, since the pre-written header protocol bypasses the email package's own guard."""
+"""Every header of the email is written here, past the email package's header parser (for speed, and where that
+parser is wrong), by writers that refuse what could end a header line whatever their callers checked."""
 from __future__ import annotations
 
 import re
@@ -58,30 +57,27 @@ class _Prewritten(str):
 
 
 def header(name: str, text: str, address: str | None = None) -> str:
-    """The value to store as header `name` so that a mail client reads `text` back exactly (contract section 6):
-    this module's one way past the email package's header parser, for speed and where that parser is wrong.
-
-    With `address`, `text` is the display name of a mailbox header: `"text" <address>` as a quoted string when
-    ASCII and short enough, else encoded words (a name full of quotes or backslashes doubles when quoted).
-    Otherwise `text` is unstructured. Text holding `=?` or a line break (anything str.splitlines breaks at) is
-    written as encoded words: the email package would decode the first and refuse the second. Short ASCII is
-    written as it is, also when only the header's name pushes it past 78 columns (the email package would move
-    it whole onto a second line, and its parser reads that back with a leading space). Anything else (long or
-    non-ASCII text) is returned as a plain string, for the email package to fold and encode.
-    Encoded words here hold at most ENCODED_WORD_BYTES bytes each, one per folded line, and every character a
-    phrase cannot hold is encoded, so that a decoder joins them back to exactly `text`, line breaks and all.
-    """
+    """The value to store as header `name` so that a mail client reads `text` back exactly (contract section 6); with
+    `address`, `text` is the display name of a mailbox header."""
+    # The pre-written header protocol bypasses the email package's own guard: NUL, CR and LF are refused here.
     if "\0" in text:
         raise HeaderInjection(f"{name}: a NUL character")
     if address is not None:
         if LINE_BREAK.search(text) or not ADDRESS.fullmatch(address):
             raise HeaderInjection(f"{name}: a line break in the display name, or an address that is not one")
+        # A quoted string when ASCII and short enough, else encoded words (a name full of quotes or backslashes
+        # doubles when quoted).
         wire = f'"{quote(text)}" <{address}>'
         if not text.isascii() or "=?" in text or len(name) + 2 + len(wire) > MAX_LINE:
             wire = f"{_encoded_words(text)} <{address}>"
         return _Prewritten(name, f"{text} <{address}>", wire)
+    # Text holding `=?` or a line break (anything str.splitlines breaks at) is written as encoded words: the email
+    # package would decode the first and refuse the second.
     if "=?" in text or LINE_BREAK.search(text):
         return _Prewritten(name, text, _encoded_words(text))
+    # Short ASCII is written as it is, also when only the header's name pushes it past 78 columns (the email
+    # package would move it whole onto a second line, and its parser reads that back with a leading space).
+    # Anything else (long or non-ASCII text) is left to the email package to fold and encode.
     if text.isascii() and (len(name) + 2 + len(text) <= 78 or len(text) < 78):
         return _Prewritten(name, text, text)
     return text
@@ -89,6 +85,8 @@ def header(name: str, text: str, address: str | None = None) -> str:
 
 def _encoded_words(text: str) -> str:
     """`text` as RFC 2047 Q-encoded words of at most ENCODED_WORD_BYTES bytes each, joined by folds."""
+    # One word per folded line, and every character a phrase cannot hold is encoded, so that a decoder joins them
+    # back to exactly `text`, line breaks and all.
     words, piece = [], ""
     for character in text:
         if len((piece + character).encode()) > ENCODED_WORD_BYTES:

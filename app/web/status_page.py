@@ -1,7 +1,5 @@
-"""The node's status page for operators, GET /genesys/1/admin/: ONLINE or OFFLINE with a drain/undrain button,
-the options in force (secrets hidden) and whether every process serves them, the relay's last answer, the last
-hour's outcomes and the newest failures. Behind the admin credentials; the button is CSRF-safe (same origin and
-a token of the page)."""
+"""The node's status page for operators, GET /genesys/1/admin/: the node at a glance, with a drain/undrain button
+that is CSRF-safe (same origin and a token of the page)."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,11 +15,12 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 
 from app.errors import FOREIGN_ORIGIN, ApiError
 from app.metrics import options_versions
-from app.node import admin_required, node_status, set_node_status
-from app.options import Options
+from app.options.model import Options
 from app.recent import node_recent
-from app.request_options import request_options
-from app.responses import page_headers
+from app.web.admin import admin_required
+from app.web.node import node_status, set_node_status
+from app.web.request_options import request_options
+from app.web.responses import page_headers
 
 bp = Blueprint("status_page", __name__, template_folder="templates")
 SECRET = "••••"
@@ -31,7 +30,7 @@ OUTCOMES = ("delivered", "duplicate", "retry", "ambiguous", "refused", "rejected
 
 def _token_key(options: Options) -> bytes:
     # Shared by every worker without any state: derived from the admin password, which only operators know.
-    return hashlib.sha256(b"email-api status page\0" + options.admin_password.encode()).digest()
+    return hashlib.sha256(b"email-api status page\0" + options.admin.password.encode()).digest()
 
 
 def page_token(options: Options, issued: int | None = None) -> str:
@@ -63,18 +62,10 @@ def _shown(key: str, value: Any) -> str:
 def sections(options: Options) -> list[tuple[str, list[tuple[str, str]]]]:
     """Every key of the options in force, per section, as the page shows them."""
     services = [("email", options.catch_all), *((f"email.{name}", s) for name, s in options.services.items())]
-    found = [(name, [(f.name, _shown(f.name, getattr(service, f.name))) for f in dataclasses.fields(service)
-                     if f.name != "name"]) for name, service in services]
-    found.append(("smtp", [(f.name, _shown(f.name, getattr(options.smtp, f.name)))
-                           for f in dataclasses.fields(options.smtp)]))
-    found.append(("scan", [(f.name, _shown(f.name, getattr(options.scan, f.name)))
-                           for f in dataclasses.fields(options.scan)]))
-    found += [("cors", [("allowed_origins", _shown("allowed_origins", options.allowed_origins))]),
-              ("security", [("api_keys", _shown("api_keys", options.api_keys))]),
-              ("admin", [("username", options.admin_username), ("password", SECRET)]),
-              ("server", [(key, _shown(key, getattr(options, key)))
-                          for key in ("reload_interval", "proxy_hops", "status_file", "dedup_store")])]
-    return found
+    others = [(name, getattr(options, name)) for name in ("smtp", "cors", "security", "admin", "server", "scan")]
+    return [(name, [(field.name, _shown(field.name, getattr(section, field.name)))
+                    for field in dataclasses.fields(section) if field.name != "name"])
+            for name, section in [*services, *others]]
 
 
 @bp.after_request

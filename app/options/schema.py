@@ -13,7 +13,7 @@ DEFAULT_FILE_TYPES = ("pdf", "doc", "txt", "jpg", "png", "gif", "bmp", "zip")
 SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}  # by the first letter: K and KB alike
 SECTIONS = ("email", "smtp", "cors", "security", "admin", "server", "scan")
 # What each check expects, in words, for problems that say what was expected.
-EXPECTED = {
+EXPECTED_WORDS = {
     "integer": "a whole number",
     "float": "a number",
     "boolean": "true or false",
@@ -88,7 +88,7 @@ def expected(spec: str) -> str:
     check, _, args = spec.partition("(")
     if check == "option":
         return "one of " + ", ".join(re.findall(r'"([^"]*)"', args.split("default=")[0]))
-    words = EXPECTED.get(check, check)
+    words = EXPECTED_WORDS.get(check, check)
     bounds = dict(re.findall(r"(min|max)=([\d.]+)", args))
     if check in ("integer", "float", "size", "duration") and bounds:
         unit = {"size": " bytes", "duration": " seconds"}.get(check, "")

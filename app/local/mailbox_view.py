@@ -1,8 +1,7 @@
-"""The local run's mailbox: every email its embedded SMTP server kept, shown as the contact center receives it.
-
-Registered by `python -m app` only, never by wsgi:app. Pages are Jinja templates (every value escaped) under a
-Content-Security-Policy that runs no script, since an email's every byte came from a stranger.
-"""
+"""The local run's mailbox: every email its embedded SMTP server kept, shown as the contact center receives it
+(registered by `python -m app` only, never by wsgi:app)."""
+# Pages are Jinja templates (every value escaped) under a Content-Security-Policy that runs no script, since an
+# email's every byte came from a stranger.
 from __future__ import annotations
 
 import mailbox
@@ -19,8 +18,8 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, send_file
 
-from app.responses import page_headers
 from app.rules import CONTROL
+from app.web.responses import page_headers
 
 bp = Blueprint("mailbox", __name__, url_prefix="/mailbox", template_folder="templates")
 PARSER = BytesParser(policy=policy.default)

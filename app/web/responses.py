@@ -9,7 +9,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from app.errors import INTERNAL_ERROR, MALFORMED_BODY, METHOD_NOT_ALLOWED, NOT_FOUND, ApiError, Problem
-from app.request_log import note
+from app.web.request_log import note
 
 log = logging.getLogger("app.requests")
 HTTP_ERROR_CODES = {400: MALFORMED_BODY, 404: NOT_FOUND, 405: METHOD_NOT_ALLOWED}

@@ -1,11 +1,9 @@
-"""The options in force in each process, and how every process of a node converges on the newest good file.
-
-Each process re-reads options.ini when it changes: a watcher thread checks every `reload_interval`, and so
-does a request that finds the check due. A valid file is published to the node's snapshot (app/snapshot.py);
-a process whose file is invalid serves that snapshot when it is newer than its own options, so no process,
-however idle or newly forked, serves older options than any process of the node has seen. A node that never
-saw good options refuses to start.
-"""
+"""The options in force in each process, and how every process of a node converges on the newest good file."""
+# Each process re-reads options.ini when it changes: a watcher thread checks every `reload_interval`, and so does
+# a request that finds the check due. A valid file is published to the node's snapshot (snapshot.py); a process
+# whose file is invalid serves that snapshot when it is newer than its own options, so no process, however idle
+# or newly forked, serves older options than any process of the node has seen. A node that never saw good
+# options refuses to start.
 from __future__ import annotations
 
 import logging
@@ -18,8 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.metrics import OPTIONS_INFO, OPTIONS_VERSION, RELOADS
-from app.options import Options, OptionsError, options_from_bytes, read_options
-from app.snapshot import NodeSnapshot, StateFolderError, digest_of, file_signature
+from app.options.load import options_from_bytes, read_file
+from app.options.model import Options, OptionsError
+from app.options.snapshot import NodeSnapshot, digest_of
+from app.store.folder import StateFolderError, file_signature
 
 log = logging.getLogger("app.options")
 TICK = 0.1  # seconds between the watcher's looks at the stores whose check is due
@@ -36,10 +36,8 @@ class InForce:
 
 
 class OptionsStore:
-    """The options in force in this process: re-read when options.ini changes, never older than the node's newest.
-
-    An edit that does not validate is refused and logged; the newest good options of the node stay in force.
-    """
+    """The options in force in this process: re-read when options.ini changes, never older than the node's newest;
+    an edit that does not validate is refused and logged."""
 
     def __init__(self, path: str | Path, relay: tuple[str, int] | None = None, clamd: str | None = None) -> None:
         self.path = Path(path)
@@ -52,7 +50,8 @@ class OptionsStore:
         self._file_ok = True
         self._failed: str | None = None  # why the snapshot could not be written, while it cannot
         try:
-            raw, options = read_options(self.path)
+            raw = read_file(self.path)
+            options = options_from_bytes(raw, self.path)
         except OptionsError as error:
             in_force = self._from_snapshot(0)
             if in_force is None:
@@ -88,7 +87,7 @@ class OptionsStore:
         """The options to serve one request with: one consistent set, never a half-applied edit."""
         if self._published_in != os.getpid():
             self._publish_version()
-        if time.monotonic() - self._checked >= self._in_force.options.reload_interval:
+        if time.monotonic() - self._checked >= self._in_force.options.server.reload_interval:
             self.refresh(wait=False)
         return self._in_force.options
 
@@ -97,16 +96,15 @@ class OptionsStore:
         self._listeners.append(listener)
 
     def refresh(self, wait: bool = True) -> None:
-        """Look at the file, and at the node's snapshot while the file is invalid, if the check is due.
-
-        With `wait` False (a request) a check that another thread is making is waited for at most REQUEST_WAIT
-        seconds: then the options in force serve the request, however slowly the file reads."""
+        """Look at the file, and at the node's snapshot while the file is invalid, if the check is due."""
+        # With `wait` False (a request) a check that another thread is making is waited for at most REQUEST_WAIT
+        # seconds: then the options in force serve the request, however slowly the file reads.
         if not self._lock.acquire(timeout=-1 if wait else REQUEST_WAIT):
             return
         try:
             if self._published_in != os.getpid():  # a new worker shows its version before it serves anything
                 self._publish_version()
-            if time.monotonic() - self._checked < self._in_force.options.reload_interval:
+            if time.monotonic() - self._checked < self._in_force.options.server.reload_interval:
                 return
             try:
                 self._refresh()
@@ -122,7 +120,8 @@ class OptionsStore:
         signature = file_signature(self.path)
         if signature != self._signature:
             try:
-                raw, options = read_options(self.path)
+                raw = read_file(self.path)
+                options = options_from_bytes(raw, self.path)
             except OptionsError as error:
                 self._signature = signature
                 self._file_ok = False
@@ -210,14 +209,14 @@ class OptionsStore:
 
 
 # One watcher thread per process looks at every store, so that idle workers take edits too.
-_stores: weakref.WeakSet[OptionsStore] = weakref.WeakSet()
+_watched: weakref.WeakSet[OptionsStore] = weakref.WeakSet()
 _watch_lock = threading.Lock()
 _watcher_pid = 0
 
 
 def _watch(store: OptionsStore) -> None:
     global _watcher_pid
-    _stores.add(store)
+    _watched.add(store)
     if _watcher_pid != os.getpid():
         _watcher_pid = os.getpid()
         threading.Thread(target=_run_watcher, name="options-watcher", daemon=True).start()
@@ -226,7 +225,7 @@ def _watch(store: OptionsStore) -> None:
 def _run_watcher() -> None:
     while True:
         with _watch_lock:
-            for store in list(_stores):
+            for store in list(_watched):
                 store.refresh()
         time.sleep(TICK)
 
@@ -235,7 +234,7 @@ def _after_fork_in_child() -> None:
     """A forked worker checks the file at once and runs a watcher of its own (threads do not survive fork)."""
     global _watcher_pid
     _watch_lock.release()
-    stores = list(_stores)
+    stores = list(_watched)
     for store in stores:
         store._after_fork()
     if stores:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
-from app.options import Options, OptionsError, load_options
+from app.options.load import load_options
+from app.options.model import Options, OptionsError
 
 
 def summary(options: Options) -> str:
@@ -12,8 +13,9 @@ def summary(options: Options) -> str:
     services = ", ".join(f"{s.name} → {s.mailbox}" for s in (options.catch_all, *options.services.values()))
     smtp = options.smtp
     relay = f"{smtp.host}:{smtp.port} ({smtp.security}{', AUTH' if smtp.username else ''})"
-    return (f"services: {services}; relay: {relay}; API keys: {len(options.api_keys)}; "
-            f"CORS origins: {len(options.allowed_origins)}; admin API: {'on' if options.admin_username else 'off'}; "
+    admin = "on" if options.admin.username else "off"
+    return (f"services: {services}; relay: {relay}; API keys: {len(options.security.api_keys)}; "
+            f"CORS origins: {len(options.cors.allowed_origins)}; admin API: {admin}; "
             f"virus scan: {'clamd at ' + options.scan.clamd if options.scan.clamd else 'off'}")
 
 

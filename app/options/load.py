@@ -1,10 +1,9 @@
-"""Load and validate options.ini, the stand-in for Config Server's Options tab, and resolve it per service."""
+"""Read and validate options.ini, the stand-in for Config Server's Options tab, and resolve it per service."""
 from __future__ import annotations
 
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from configobj import ConfigObj, ConfigObjError, DuplicateError, flatten_errors, get_extra_values
@@ -17,91 +16,23 @@ from validate import (
     VdtValueTooSmallError,
 )
 
-from app.options_schema import (
-    EMAIL_KEYS,
-    SECTIONS,
-    VALIDATOR,
-    Invalid,
-    configspec,
-    expected,
-    ini_lines,
+from app.options.model import (
+    AdminOptions,
+    CorsOptions,
+    Options,
+    OptionsError,
+    ScanOptions,
+    SecurityOptions,
+    ServerOptions,
+    ServiceOptions,
+    SmtpOptions,
 )
+from app.options.schema import EMAIL_KEYS, SECTIONS, VALIDATOR, Invalid, configspec, expected, ini_lines
 
 MAX_FILE = 1024 * 1024  # bytes an options file may take: ample for any Options tab
 
 
-class OptionsError(Exception):
-    """options.ini cannot be used; `problems` lists every reason, one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-@dataclass(frozen=True)
-class ServiceOptions:
-    """The [email] options in force for one service, after its own section's overrides."""
-
-    name: str
-    mailbox: str
-    tenant: str
-    max_files: int
-    max_size: int
-    file_types: tuple[str, ...]
-    allowed_mailboxes: tuple[str, ...]
-    check_file_content: bool
-    details_in_body: bool
-    from_header: str  # customer | service (contract section 6)
-    duplicate_window: float  # seconds; 0: no duplicate check unless an Idempotency-Key asks
-
-
-@dataclass(frozen=True)
-class SmtpOptions:
-    """The [smtp] options: the relay and how to reach it."""
-    host: str
-    port: int
-    security: str
-    username: str
-    password: str
-    timeout: float
-    helo_name: str
-    envelope_from: str
-    ca_file: str
-
-
-@dataclass(frozen=True)
-class ScanOptions:
-    """The [scan] options: where clamd listens ("" for no scanning) and the seconds all of a request's scans take."""
-
-    clamd: str
-    timeout: float
-
-
-@dataclass(frozen=True)
-class Options:
-    """One consistent, validated reading of options.ini."""
-
-    catch_all: ServiceOptions
-    services: dict[str, ServiceOptions]
-    configured_mailboxes: frozenset[str]
-    smtp: SmtpOptions
-    allowed_origins: tuple[str, ...]
-    api_keys: tuple[str, ...]
-    admin_username: str
-    admin_password: str
-    reload_interval: float
-    proxy_hops: int
-    status_file: str
-    dedup_store: str  # "" (SQLite in the state folder) or a redis:// URL holding a secret
-    scan: ScanOptions
-
-    def service(self, name: str) -> ServiceOptions:
-        """The options of service `name`; unknown names are served by [email]."""
-        return self.services.get(name, self.catch_all)
-
-
-
-def _parse(path: Path, text: str) -> ConfigObj:
+def _parse_ini(path: Path, text: str) -> ConfigObj:
     try:
         return ConfigObj(ini_lines(text), configspec=configspec(), interpolation=False, raise_errors=False)
     except ConfigObjError as exc:
@@ -165,11 +96,8 @@ def _service(name: str, base: dict, overrides: dict, default_mailbox: str) -> Se
     return ServiceOptions(name=name, **values)
 
 
-def read_options(path: str | Path) -> tuple[bytes, Options]:
-    """Read options.ini and validate it completely: its bytes and the options, or OptionsError listing every problem.
-
-    Whatever the file holds, nothing but OptionsError is raised.
-    """
+def read_file(path: str | Path) -> bytes:
+    """The bytes of options.ini, or OptionsError when it is not a readable regular file of at most MAX_FILE bytes."""
     path = Path(path)
     try:  # never blocks: a FIFO or a device in its place is refused, not read
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
@@ -180,16 +108,16 @@ def read_options(path: str | Path) -> tuple[bytes, Options]:
         raise OptionsError([f"{path}: cannot be read: {exc.strerror or exc}"]) from None
     if len(raw) > MAX_FILE:
         raise OptionsError([f"{path}: cannot be read: larger than {MAX_FILE // 1024} KiB"])
-    return raw, options_from_bytes(raw, path)
+    return raw
 
 
 def load_options(path: str | Path) -> Options:
     """Read and validate options.ini completely, or raise OptionsError listing every problem."""
-    return read_options(path)[1]
+    return options_from_bytes(read_file(path), path)
 
 
 def options_from_bytes(raw: bytes, path: str | Path) -> Options:
-    """Validate the bytes of an options file named `path`; raises only OptionsError."""
+    """Validate the bytes of an options file named `path`; whatever they hold, only OptionsError is raised."""
     path = Path(path)
     try:
         text = raw.decode("utf-8")
@@ -204,7 +132,7 @@ def options_from_bytes(raw: bytes, path: str | Path) -> Options:
 
 
 def _options(path: Path, text: str) -> Options:
-    config = _parse(path, text)
+    config = _parse_ini(path, text)
     problems = _check(path, config)
     if problems:
         raise OptionsError(problems)
@@ -229,13 +157,9 @@ def _options(path: Path, text: str) -> Options:
         services=services,
         configured_mailboxes=frozenset(m.lower() for m in mailboxes if m),
         smtp=SmtpOptions(**smtp),
-        allowed_origins=config["cors"]["allowed_origins"],
-        api_keys=config["security"]["api_keys"],
-        admin_username=config["admin"]["username"],
-        admin_password=config["admin"]["password"],
-        reload_interval=config["server"]["reload_interval"],
-        proxy_hops=config["server"]["proxy_hops"],
-        status_file=config["server"]["status_file"],
-        dedup_store=config["server"]["dedup_store"],
+        cors=CorsOptions(**config["cors"]),
+        security=SecurityOptions(**config["security"]),
+        admin=AdminOptions(**config["admin"]),
+        server=ServerOptions(**config["server"]),
         scan=ScanOptions(**config["scan"]),
     )

@@ -1,26 +1,19 @@
 """The node API for load balancers and operators (ping, drain), and the metrics page."""
 from __future__ import annotations
 
-import functools
-import hmac
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec
 
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import NotFound
 
 from app import metrics
-from app.access import check_origin
-from app.errors import BAD_CREDENTIALS, ApiError
-from app.request_options import request_options
+from app.web.admin import admin_required
+from app.web.request_options import request_options
 
 bp = Blueprint("node", __name__)
 log = logging.getLogger(__name__)
-P = ParamSpec("P")
 STATUSES = ("ONLINE", "OFFLINE")
 
 
@@ -49,34 +42,7 @@ class NodeStatus:
 
 def node_status() -> NodeStatus:
     """The node's status file named by the options in force."""
-    return NodeStatus(request_options().status_file)
-
-
-def admin_required(view: Callable[P, Response]) -> Callable[P, Response]:
-    """Guard an admin route: [admin] credentials by HTTP basic auth, from the service's own origin or none;
-    without credentials configured the route does not exist (404)."""
-
-    @functools.wraps(view)
-    def guarded(*args: P.args, **kwargs: P.kwargs) -> Response:
-        _check_admin()
-        return view(*args, **kwargs)
-
-    return guarded
-
-
-def _check_admin() -> None:
-    options = request_options()
-    if not options.admin_username:
-        raise NotFound()
-    # Not even an allowed origin: a browser's cached credentials must not let another site drain the node.
-    check_origin(request.headers.get("Origin"), request.host_url, None)
-    auth = request.authorization
-    if auth is None or auth.type != "basic" or not (
-        hmac.compare_digest((auth.username or "").encode(), options.admin_username.encode())
-        & hmac.compare_digest((auth.password or "").encode(), options.admin_password.encode())
-    ):
-        raise ApiError.single(BAD_CREDENTIALS, "Admin credentials are required.",
-                              headers={"WWW-Authenticate": 'Basic realm="GMS admin", charset="UTF-8"'})
+    return NodeStatus(request_options().server.status_file)
 
 
 @bp.get("/genesys/1/node")
@@ -87,7 +53,7 @@ def ping() -> Response:
 
 @bp.get("/genesys/1/admin/node/status")
 @admin_required
-def status() -> Response:
+def node_status_text() -> Response:
     """This node's status, ONLINE or OFFLINE, with the options version the answering worker serves."""
     in_force = current_app.extensions["options"].in_force
     return Response(node_status().get(), content_type="text/plain;charset=utf-8",
@@ -104,9 +70,9 @@ def change_status(new_status: str) -> Response:
 
 def set_node_status(new_status: str) -> None:
     """Drain or undrain, with an event in the log: who, from where, the old and the new state."""
-    status = node_status()
-    old = status.get()
-    status.set(new_status)
+    current = node_status()
+    old = current.get()
+    current.set(new_status)
     metrics.NODE_ONLINE.set(1 if new_status == "ONLINE" else 0)
     user = request.authorization.username if request.authorization else None
     log.info("node status %s -> %s by %s from %s", old, new_status, user, request.remote_addr, extra={"fields": {

@@ -6,7 +6,6 @@ import argparse
 import errno
 import ipaddress
 import logging
-import mailbox
 import re
 import socket
 import sys
@@ -14,16 +13,17 @@ from importlib import metadata
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from flask import Flask, Response
 
-from app import create_app, mailbox_view
-from app.options import OptionsError
-from app.options_schema import Invalid, clamd_address
-from app.snapshot import StateFolderError
+from app import create_app
+from app.local import mailbox_view
+from app.local.maildir import MaildirHandler
+from app.options.model import OptionsError
+from app.options.schema import Invalid, clamd_address
+from app.store.folder import StateFolderError
 
 log = logging.getLogger("app.local")
-CONTACT_FORM = Path(__file__).parent.parent / "examples" / "contact-form.html"
+CONTACT_FORM = Path(__file__).parent.parent.parent / "examples" / "contact-form.html"
 
 
 def contact_form() -> Response:
@@ -32,23 +32,6 @@ def contact_form() -> Response:
         return Response("The example form is not installed here.", 404, content_type="text/plain")
     page = re.sub(r'data-api-url="[^"]*"', 'data-api-url="/genesys/2/email/support"', CONTACT_FORM.read_text())
     return Response(page, content_type="text/html;charset=utf-8")
-
-
-class MaildirHandler:
-    """An aiosmtpd handler that stores each message it accepts as a file in a Maildir."""
-
-    def __init__(self, path: Path) -> None:
-        self.maildir = mailbox.Maildir(path, create=True)
-        self.path = path
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        """Store the message, under the envelope's headers as a delivering server writes them, and accept it."""
-        delivered = "".join(f"Delivered-To: {rcpt}\r\n" for rcpt in envelope.rcpt_tos)
-        key = self.maildir.add(f"Return-Path: <{envelope.mail_from}>\r\n{delivered}".encode()
-                               + (envelope.original_content or b""))
-        log.info("stored an email from %s to %s: %s", envelope.mail_from, ", ".join(envelope.rcpt_tos),
-                 self.path / "new" / key)
-        return "250 Message accepted for delivery"
 
 
 def service_version() -> str:
@@ -60,7 +43,7 @@ def service_version() -> str:
 
 
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOST_NAME = re.compile(rf"{LABEL}(?:\.{LABEL})*")  # ASCII host names and IPv4 addresses
+HOST_PATTERN = re.compile(rf"{LABEL}(?:\.{LABEL})*")  # ASCII host names and IPv4 addresses
 
 
 def relay_address(text: str) -> tuple[str, int]:
@@ -73,7 +56,7 @@ def relay_address(text: str) -> tuple[str, int]:
         except ValueError:
             valid_host = False
     else:
-        valid_host = bool(HOST_NAME.fullmatch(host))  # an IPv6 address without brackets is ambiguous: refused
+        valid_host = bool(HOST_PATTERN.fullmatch(host))  # an IPv6 address without brackets is ambiguous: refused
     if not colon or not valid_host or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT or [IPv6]:PORT, such as localhost:1025 or [::1]:25, "
                                          f"not {text!r}")
@@ -93,10 +76,9 @@ def clamd_argument(text: str) -> str:
 
 def local_app(options: str | None, maildir: Path, relay: tuple[str, int] | None = None,
               clamd: str | None = None, captured: bool | None = None) -> Flask:
-    """The service with the local run's own pages: the example form at / and the captured mail at /mailbox/.
-
-    `relay` replaces [smtp]'s host and port; unless `captured` says the embedded server listens there (the default
-    without a relay), the mailbox page says that mail goes to that relay."""
+    """The service with the local run's own pages: the example form at / and the captured mail at /mailbox/."""
+    # `relay` replaces [smtp]'s host and port; unless `captured` says the embedded server listens there (the
+    # default without a relay), the mailbox page says that mail goes to that relay.
     app = create_app(options, relay, clamd)
     app.add_url_rule("/", view_func=contact_form)
     elsewhere = relay is not None and not captured

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Flask, Response, request
 
 from app.access import cors_headers
-from app.request_options import request_options
+from app.web.request_options import request_options
 
 
 def _add_cors_headers(response: Response) -> Response:

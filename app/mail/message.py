@@ -1,16 +1,11 @@
-"""Compose the email an agent receives from a validated submission: its headers (through app/headers.py), its
-body, its envelope, and the wire form that streams each attachment base64-encoded.
-
-Built with `EmailMessage` and `policy.SMTP`; the body is written as `set_content` would write it, without the
-cost (docs/benchmarks.md). tests/test_email_characters.py reads back every character class of contract section 6.
-"""
+"""Compose the email an agent receives from a validated submission: its headers, body and envelope, and the wire
+form that streams each attachment base64-encoded."""
 from __future__ import annotations
 
 import binascii
 import re
 import secrets
 import socket
-import string
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -19,24 +14,14 @@ from email.utils import format_datetime, localtime
 from functools import cached_property
 
 from app.attachments import Attachment
-from app.headers import POLICY, UTF8_QP, header
-from app.options import ServiceOptions, SmtpOptions
+from app.mail.headers import POLICY, UTF8_QP, header
+from app.options.model import ServiceOptions, SmtpOptions
 from app.rules import ANY_LINE_END, LINE_END
 from app.submission import Submission
 
-ID_ALPHABET = string.digits + string.ascii_uppercase
 HOST_NAME = socket.gethostname()  # read once: no look-up per request
 BASE64_BLOCK = 57 * 1024  # bytes read at a time: 1024 lines of base64
-
-
-def new_interaction_id() -> str:
-    """A unique id of 16 characters of [0-9A-Z] (82 random bits), shown to the client and carried by the email."""
-    number = secrets.randbits(83) % 36**16
-    digits = []
-    for _ in range(16):
-        number, digit = divmod(number, 36)
-        digits.append(ID_ALPHABET[digit])
-    return "".join(digits)
+PLACEHOLDER = re.compile(rb"ATTACHMENT-[0-9a-f]{32}")  # where an attachment's body goes in the written message
 
 
 @dataclass(frozen=True)
@@ -51,9 +36,10 @@ class Envelope:
 
 
 def _set_text(message: EmailMessage, text: str) -> None:
-    """The body, as `set_content(text)` writes it without parsing its own headers: text/plain; charset=utf-8, 7bit when
-    short-lined ASCII, else quoted-printable (the email package's own encoder). CR, LF and CRLF end lines (sent
-    as CRLF, with one added when the text does not end with one); every other character arrives as sent."""
+    """The body as `set_content(text)` writes it, without its cost: text/plain; charset=utf-8, 7bit when short-lined
+    ASCII, else quoted-printable."""
+    # CR, LF and CRLF end lines (sent as CRLF, with one added when the text does not end with one); every other
+    # character arrives as sent.
     body = LINE_END.sub("\n", text)
     body += "" if body.endswith("\n") else "\n"
     if body.isascii() and max(map(len, body.split("\n"))) <= 78:
@@ -68,11 +54,10 @@ def _set_text(message: EmailMessage, text: str) -> None:
 
 
 def _details(submission: Submission, interaction_id: str) -> str:
-    """The block `[email] details_in_body` puts before the text, for agents whose mail client hides X- headers.
-
-    Its own lines come first and no customer data can pass for one of them: each userData pair is on a line of
-    its own starting `userData[`, and every line boundary in a value (any str.splitlines knows, U+2028 and
-    U+2029 too) starts an indented continuation line; the customer's text follows the block's last line."""
+    """The block `[email] details_in_body` puts before the text, for agents whose mail client hides X- headers."""
+    # Its own lines come first and no customer data can pass for one of them: each userData pair is on a line of
+    # its own starting `userData[`, and every line boundary in a value (any str.splitlines knows, U+2028 and
+    # U+2029 too) starts an indented continuation line; the customer's text follows the block's last line.
     lines = ["---- Details from the contact form ----", f"Service: {submission.service}",
              f"Interaction ID: {interaction_id}"]
     for key, value in submission.user_data:
@@ -122,19 +107,18 @@ class OutgoingEmail:
         return size
 
     def chunks(self) -> Iterator[bytes]:
-        """The email as CRLF-terminated lines, with each attachment base64-encoded a block at a time.
-
-        Every chunk starts at the beginning of a line or with CRLF, so that each can be dot-stuffed alone.
-        """
+        """The email as CRLF-terminated lines, with each attachment base64-encoded a block at a time."""
+        # Every chunk starts at the beginning of a line or with CRLF, so that each can be dot-stuffed alone.
         wire = self.wire
         if not self.placeholders:
             yield wire
             return
         position = 0
-        for match in re.finditer(b"|".join(map(re.escape, self.placeholders)), wire):
-            yield wire[position:match.start()]
-            yield from _base64_lines(self.placeholders[match[0]])
-            position = match.end()
+        for match in PLACEHOLDER.finditer(wire):
+            if match[0] in self.placeholders:
+                yield wire[position:match.start()]
+                yield from _base64_lines(self.placeholders[match[0]])
+                position = match.end()
         yield wire[position:]
 
 
@@ -149,8 +133,7 @@ def _base64_lines(attachment: Attachment) -> Iterator[bytes]:
 
 
 def compose(submission: Submission, interaction_id: str, service: ServiceOptions, smtp: SmtpOptions) -> OutgoingEmail:
-    """Build the email with the headers of contract section 6, every attachment, and the envelope: MAIL FROM is
-    `envelope_from` (also the Sender: header) or else the mailbox itself; HELO names the Message-ID's domain."""
+    """Build the email with the headers of contract section 6, every attachment, and its envelope."""
     helo = smtp.helo_name or HOST_NAME
     message = EmailMessage(policy=POLICY)
     name = f"{submission.first_name} {submission.last_name}"
@@ -171,6 +154,7 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
             message[name] = header(name, text)
     text = (_details(submission, interaction_id) if service.details_in_body else "") + submission.text
     _set_text(message, text)
+    # MAIL FROM is `envelope_from` (also the Sender: header) or else the mailbox itself: never the customer.
     envelope = Envelope(helo, smtp.envelope_from or submission.mailbox, submission.mailbox, service.max_size)
     outgoing = OutgoingEmail(interaction_id, message, envelope)
     for attachment in submission.attachments:
@@ -180,5 +164,11 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
         *_, part = message.iter_parts()
         part.set_payload(placeholder)
         outgoing.placeholders[placeholder.encode()] = attachment
+    if submission.attachments:
+        # A random boundary of our own: the email package would search the whole message for its own with a regex
+        # compiled for each message. Neither base64 nor quoted-printable can hold "=_", and 128 random bits cannot
+        # be guessed by a customer's 7bit text.
+        boundary = f'multipart/mixed; boundary="=_{secrets.token_hex(16)}"'
+        message.replace_header("Content-Type", header("Content-Type", boundary))
     outgoing.envelope = replace(envelope, size=outgoing.size())
     return outgoing

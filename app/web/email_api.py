@@ -6,18 +6,18 @@ from importlib import resources
 from flask import Blueprint, Response, request
 
 from app.access import admit
-from app.delivery import deliver
 from app.duplicates import claim, idempotency_key
 from app.form import read_form
-from app.message import compose
-from app.request_log import note
-from app.request_options import request_options
-from app.responses import json_response
+from app.mail.delivery import deliver
+from app.mail.message import compose
 from app.scanning import scan_attachments
 from app.submission import check_service_name, validate_submission
+from app.web.request_log import note
+from app.web.request_options import request_options
+from app.web.responses import json_response
 
 bp = Blueprint("email_api", __name__)
-OPENAPI = resources.files("app").joinpath("openapi.yaml").read_text(encoding="utf-8")
+OPENAPI = resources.files("app.web").joinpath("openapi.yaml").read_text(encoding="utf-8")
 
 
 @bp.get("/genesys/2/email/openapi.yaml")

@@ -1,0 +1,1 @@
+"""`python -m app`: the service on this machine with an embedded SMTP server and its mailbox pages."""

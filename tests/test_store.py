@@ -1,0 +1,85 @@
+"""One contract for every store of the node's shared state (app/store/), run over the SQLite file of a node and a
+real Redis server (Debian's redis-server, in the e2e set), as the `limits` library tests each of its storages."""
+from __future__ import annotations
+
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from app.store import StoreError
+from app.store.redis import RedisStore
+from app.store.sqlite import SqliteStore
+
+
+@pytest.fixture(params=("sqlite", pytest.param("redis", marks=pytest.mark.e2e)))
+def store(request, tmp_path):
+    """A store of each backend, empty."""
+    if request.param == "sqlite":
+        return SqliteStore(tmp_path / "store.sqlite3")
+    return RedisStore(request.getfixturevalue("redis_server").url)
+
+
+def test_the_first_add_of_a_key_wins_and_a_second_finds_it(store):
+    assert store.add("k", "first", 60)
+    assert not store.add("k", "second", 60)
+    assert store.get("k") == "first"
+    assert store.get("other") is None
+
+
+def test_an_expired_record_is_gone_and_makes_way(store):
+    assert store.add("k", "old", 0.001)
+    deadline = time.monotonic() + 5
+    while store.get("k") is not None:  # the moment it expires is the store's
+        assert time.monotonic() < deadline
+    assert store.add("k", "new", 60)
+    assert store.get("k") == "new"
+
+
+def test_a_swap_replaces_only_the_record_it_names(store):
+    store.add("k", "first", 60)
+    assert not store.swap("k", "not this one", "second", 60)
+    assert store.swap("k", "first", "second", 60)
+    assert store.get("k") == "second"
+    assert store.swap("k", "second", None, 60)  # None removes it
+    assert store.get("k") is None
+    assert not store.swap("k", "second", "third", 60)  # nothing there to replace
+
+
+def test_concurrent_adds_of_one_key_let_exactly_one_through(store):
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda n: store.add("k", f"record-{n}", 60), range(16)))
+    assert won.count(True) == 1
+
+
+def test_check_reaches_the_store(store):
+    store.check()
+
+
+def test_a_store_that_cannot_be_reached_raises_store_error(tmp_path):
+    missing = SqliteStore(tmp_path / "no-such-folder" / "store.sqlite3")
+    with pytest.raises(StoreError):
+        missing.check()
+    with pytest.raises(StoreError):
+        RedisStore("redis://127.0.0.1:1/0").check()
+
+
+def test_expired_claims_are_purged_as_new_ones_are_made(tmp_path):
+    store = SqliteStore(tmp_path / "claims.sqlite3")
+    for number in range(40):
+        assert store.add(f"old-{number}", "{}", -1)  # expired as soon as written
+    assert store.get("old-0") is None and store.add("old-0", "{}", 60)  # an expired claim makes way at once
+    for number in range(3):
+        store.add(f"new-{number}", "{}", 60)
+    rows = sqlite3.connect(tmp_path / "claims.sqlite3").execute("SELECT key FROM claims").fetchall()
+    assert sorted(key for (key,) in rows) == ["new-0", "new-1", "new-2", "old-0"]
+
+
+def test_the_first_claims_on_a_new_store_never_find_it_locked(tmp_path):
+    """A node's first forms: two worker threads open the new SQLite file at the same moment (a double click saw
+    'database is locked': SQLite answers a concurrent switch to WAL at once, without waiting)."""
+    for round_ in range(100):
+        store = SqliteStore(tmp_path / f"claims-{round_}.sqlite3")
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(store.add, ("k0", "k1"), ("{}", "{}"), (60, 60))) == [True, True]
