@@ -5,17 +5,22 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 class Watch:
-    """One deadline on one socket; `expired` once the deadline cut it off."""
+    """One deadline on one socket, registered while the `with` block runs; `expired` once it cut the socket off."""
 
-    __slots__ = ("at", "sock", "expired")
+    __slots__ = ("at", "sock", "expired", "deadlines")
 
-    def __init__(self, at: float, sock: socket.socket) -> None:
-        self.at, self.sock, self.expired = at, sock, False
+    def __init__(self, deadlines: Deadlines, sock: socket.socket, at: float) -> None:
+        self.deadlines, self.sock, self.at, self.expired = deadlines, sock, at, False
+
+    def __enter__(self) -> Watch:
+        self.deadlines.add(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.deadlines.discard(self)
 
 
 class Deadlines:
@@ -31,20 +36,22 @@ class Deadlines:
         self._watches: set[Watch] = set()
         self._pid = 0
 
-    @contextmanager
-    def cut_off(self, sock: socket.socket, at: float) -> Iterator[Watch]:
-        """Shut `sock` down if the block has not ended by `at` (a time.monotonic() value)."""
-        watch = Watch(at, sock)
+    def cut_off(self, sock: socket.socket, at: float) -> Watch:
+        """A context manager that shuts `sock` down if its block has not ended by `at` (a time.monotonic() value)."""
+        return Watch(self, sock, at)
+
+    def add(self, watch: Watch) -> None:
+        """Watch `watch` until it is discarded."""
         with self._lock:
             if self._pid != os.getpid():  # the first use in this process (a forked worker has no thread)
                 self._pid, self._watches = os.getpid(), set()
                 threading.Thread(target=self._run, name="socket-deadlines", daemon=True).start()
             self._watches.add(watch)
-        try:
-            yield watch
-        finally:
-            with self._lock:
-                self._watches.discard(watch)
+
+    def discard(self, watch: Watch) -> None:
+        """Stop watching `watch`."""
+        with self._lock:
+            self._watches.discard(watch)
 
     def _run(self) -> None:
         while True:

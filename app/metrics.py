@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import re
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,6 +43,12 @@ OPTIONS_VERSION = Gauge("email_options_version", "Version of the options in forc
 # differ run different options.
 OPTIONS_INFO = Gauge("email_options_info", "1 for the options in force, by the first 12 hex digits of the SHA-256 "
                      "of their text", ["digest"], multiprocess_mode="livemax")
+
+
+@functools.lru_cache(maxsize=4096)
+def labelled(metric: Any, *values: str) -> Any:
+    """The child of `metric` for these label values, looked up once (label values here come from a small set)."""
+    return metric.labels(*values)
 
 
 class _SizedFilesCollector(multiprocess.MultiProcessCollector):

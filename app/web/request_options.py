@@ -2,6 +2,7 @@
 proxy hops it trusts."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -12,6 +13,7 @@ from app.options.model import Options
 from app.options.store import OptionsStore
 
 OPTIONS_KEY = "email_api.options"
+STARTED = "email_api.started"  # the time.monotonic() a request arrived at, for its log line
 
 
 class OptionsPerRequest:
@@ -23,6 +25,7 @@ class OptionsPerRequest:
         self.fixers = {hops: ProxyFix(wsgi_app, x_for=hops, x_proto=hops, x_host=hops) for hops in range(1, 11)}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        environ[STARTED] = time.monotonic()
         options = environ[OPTIONS_KEY] = self.store.current()
         hops = options.server.proxy_hops
         return (self.fixers[hops] if hops else self.wsgi_app)(environ, start_response)
