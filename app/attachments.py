@@ -5,7 +5,9 @@ import codecs
 import io
 import mimetypes
 import re
+import shutil
 import struct
+import tempfile
 import unicodedata
 import zipfile
 from dataclasses import dataclass
@@ -30,6 +32,11 @@ MAX_ZIP_ENTRIES = 1000
 MAX_ZIP_UNCOMPRESSED = 1024**3  # bytes the central directory may claim in all
 MAX_ZIP_DIRECTORY = MAX_ZIP_ENTRIES * 512  # bytes of central directory: ample for 1000 entries with long names
 EOCD_SEARCH = 22 + 65535 + 20  # the end record, the longest comment, and a ZIP64 locator before it
+ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry, or the end of an empty one
+# The first bytes of the archives a scanner unpacks: zip, rar, 7z, gzip, bzip2, xz, zstd.
+ARCHIVE_SIGNATURES = (*ZIP_SIGNATURES, b"Rar!", b"7z\xbc\xaf", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")
+MAX_NESTING = 3  # archives in archives: a zip in a zip in a zip is the deepest a form may send for scanning
+INSPECTION_BUDGET = 64 * 1024**2  # bytes of inner zips unpacked per file to look into them; beyond, clamd's limits
 MIME_TYPES = {
     "pdf": "application/pdf",
     "doc": "application/msword",
@@ -126,6 +133,44 @@ def _is_harmless_zip(stream: IO[bytes]) -> bool:
     finally:
         stream.seek(0)
     return len(entries) <= MAX_ZIP_ENTRIES and sum(e.file_size for e in entries) <= MAX_ZIP_UNCOMPRESSED
+
+
+def archive_problem(stream: IO[bytes]) -> str | None:
+    """Why a virus scanner could not see into this zip whole (an encrypted entry, archives nested more than
+    MAX_NESTING deep), or None."""
+    try:
+        return _zip_problem(stream, 1, [INSPECTION_BUDGET])
+    finally:
+        stream.seek(0)
+
+
+def _zip_problem(stream: IO[bytes], depth: int, budget: list[int]) -> str | None:
+    stream.seek(0)
+    claims = _directory_claims(stream) if stream.read(4) in ZIP_SIGNATURES else None
+    if claims is None or claims[0] > MAX_ZIP_ENTRIES or claims[1] > MAX_ZIP_DIRECTORY:
+        return None  # no zip, or one the content check refuses: nothing more to learn here
+    try:
+        with zipfile.ZipFile(stream) as archive:
+            entries = archive.infolist()
+            if any(entry.flag_bits & 0x1 for entry in entries):  # general-purpose flag bit 0: encrypted
+                return "it holds an encrypted entry"
+            for entry in entries:
+                with archive.open(entry) as member:
+                    head = member.read(8)
+                if not head.startswith(ARCHIVE_SIGNATURES):
+                    continue
+                if depth == MAX_NESTING:
+                    return f"it holds archives nested more than {MAX_NESTING} deep"
+                if head.startswith(ZIP_SIGNATURES) and entry.file_size <= budget[0]:
+                    budget[0] -= entry.file_size
+                    with tempfile.SpooledTemporaryFile(max_size=256 * 1024) as inner, archive.open(entry) as member:
+                        shutil.copyfileobj(member, inner)  # at most file_size bytes: zipfile stops there
+                        if problem := _zip_problem(inner, depth + 1, budget):
+                            return problem
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, RuntimeError,
+            NotImplementedError):
+        return None  # what zipfile cannot unpack is left to clamd and its limits
+    return None
 
 
 def content_matches(ext: str, stream: IO[bytes]) -> bool:

@@ -47,11 +47,12 @@ def new_interaction_id() -> str:
     return "".join(digits)
 
 
-def fingerprint(submission: Submission, service: ServiceOptions) -> str:
-    """The SHA-256 of what makes two forms the same message: the service section in force, the mailbox and
-    fromAddress (lower-cased), the names, subject, text (line ends as LF), userData pairs in order, and each
-    attachment's shown name and the SHA-256 of its bytes. Nothing of the client, its headers or the time."""
-    parts = [service.name, submission.mailbox.lower(), submission.from_address.lower(), submission.first_name,
+def fingerprint(submission: Submission) -> str:
+    """The SHA-256 of what makes two forms the same message (contract section 9); nothing of the client, its
+    headers or the time."""
+    # The service of the URL (two unconfigured services are still two), the mailbox and fromAddress (lower-cased),
+    # the names, subject, text (line ends as LF), userData pairs in order, each attachment's name and bytes' hash.
+    parts = [submission.service, submission.mailbox.lower(), submission.from_address.lower(), submission.first_name,
              submission.last_name, submission.subject, LINE_END.sub("\n", submission.text),
              [list(pair) for pair in submission.user_data],
              [[attachment.filename, attachment.sha256] for attachment in submission.attachments]]
@@ -93,9 +94,8 @@ def _store_failed(description: str, what: str, error: StoreError) -> None:
 
 @dataclass
 class Claim:
-    """What the duplicate check decided for one form: deliver it under `interaction_id` (again, with the same id,
-    when `resend`), or answer with `interaction_id` and send nothing when `duplicate`. As a context manager it
-    settles the claim: delivered when the block ends normally, ambiguous or released when it raises."""
+    """What the duplicate check decided for one form: deliver it under `interaction_id` (again, when `resend`), or
+    answer with it and send nothing when `duplicate`; as a context manager it settles the claim."""
 
     interaction_id: str
     fingerprint: str
@@ -103,12 +103,16 @@ class Claim:
     resend: bool = False
     store: Store | None = None
     key: str = ""
-    record: str = ""
+    record: str = ""  # the record this form wrote, or tried to write, under `key`
     window: float = 0.0
 
+    def write(self, record: str) -> str:
+        """Take `record` as this form's (before it is written: a write that times out may still land)."""
+        self.record, self.interaction_id = record, json.loads(record)["id"]
+        return record
+
     def announce(self) -> None:
-        """Log the interaction id before the message goes out, so that after a crash the log names what the
-        relay may hold."""
+        """Log the interaction id before the message goes out: after a crash, the log names what the relay may hold."""
         log.info("sending %s (fingerprint %s%s)", self.interaction_id, self.fingerprint[:12],
                  ", again after an ambiguous attempt" if self.resend else "", extra={"fields": {
                      "event": "sending", "interaction_id": self.interaction_id,
@@ -119,6 +123,8 @@ class Claim:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        # Delivered when the block ends normally, ambiguous or released (the form may come again) when it raises;
+        # a record that never landed is not there to replace, and one that landed late is settled like any.
         if self.store is None or self.duplicate:
             return
         if error is None:
@@ -126,7 +132,7 @@ class Claim:
         elif isinstance(error, TransientDeliveryError) and error.ambiguous:
             new = _record(AMBIGUOUS, self.interaction_id, self.fingerprint)
         else:
-            new = None  # not delivered: the same form may come again and be delivered
+            new = None
         try:
             self.store.swap(self.key, self.record, new, self.window)
         except StoreError as exc:
@@ -134,13 +140,13 @@ class Claim:
 
 
 def claim(submission: Submission, service: ServiceOptions, options: Options, key: str | None) -> Claim:
-    """Claim the form before anything is sent: by its Idempotency-Key (24 h) or, with `duplicate_window`, by its
-    fingerprint. Waits while an identical form is being delivered, at most one delivery's bound."""
-    form = fingerprint(submission, service)
+    """Claim the form before anything is sent, by its Idempotency-Key (24 h) or, with `duplicate_window`, by its
+    fingerprint; waits while an identical form is being delivered, at most one delivery's bound."""
+    form = fingerprint(submission)
     if key is None and not service.duplicate_window:
         return Claim(new_interaction_id(), form)
     if key is not None:
-        store_key, window = f"key:{service.name}:{hashlib.sha256(key.encode()).hexdigest()}", KEY_WINDOW
+        store_key, window = f"key:{submission.service}:{hashlib.sha256(key.encode()).hexdigest()}", KEY_WINDOW
     else:
         store_key, window = f"form:{form}", service.duplicate_window
     scanning = options.scan.timeout if submission.attachments and options.scan.clamd else 0.0
@@ -150,23 +156,28 @@ def claim(submission: Submission, service: ServiceOptions, options: Options, key
     except StoreError as exc:
         _store_failed("the state folder's SQLite file" if not options.server.dedup_store else "Redis", "open", exc)
         return Claim(new_interaction_id(), form)
+    claimed = Claim(new_interaction_id(), form, store=store, key=store_key, window=window)
     try:
-        found = _claim(store, store_key, form, window, bound)
+        _claim(claimed, bound)
     except StoreError as exc:
+        # A write that timed out leaves the store's state unknown, not "no": the form is delivered under the id of
+        # the record it tried to write, which is settled (or removed) afterwards should the write land late.
         _store_failed(store.description, "claim a form", exc)
-        return Claim(new_interaction_id(), form)
-    if found.duplicate:
-        metrics.DUPLICATES.labels(service.name).inc()
-    return found
+        if not exc.unknown:
+            claimed.store = None
+        return claimed
+    if claimed.duplicate:
+        metrics.labelled(metrics.DUPLICATES, service.name).inc()
+    return claimed
 
 
-def _claim(store: Store, key: str, form: str, window: float, bound: float) -> Claim:
+def _claim(claimed: Claim, bound: float) -> None:
+    store, key, form, ttl = claimed.store, claimed.key, claimed.fingerprint, bound + claimed.window
+    assert store is not None
     patience = time.monotonic() + bound
-    interaction_id = new_interaction_id()
     while True:
-        mine = _record(PENDING, interaction_id, form, time.time() + bound)
-        if store.add(key, mine, bound + window):
-            return Claim(interaction_id, form, store=store, key=key, record=mine, window=window)
+        if store.add(key, claimed.write(_record(PENDING, claimed.interaction_id, form, time.time() + bound)), ttl):
+            return
         current = store.get(key)
         if current is None:  # settled as not delivered, or expired, meanwhile
             continue
@@ -174,13 +185,14 @@ def _claim(store: Store, key: str, form: str, window: float, bound: float) -> Cl
         if first is not None and first["fingerprint"] != form:
             raise ApiError.single(IDEMPOTENCY_KEY_REUSED, "This Idempotency-Key was used for a different form.")
         if first is not None and first["state"] == DELIVERED:
-            return Claim(first["id"], form, duplicate=True)
+            claimed.interaction_id, claimed.duplicate, claimed.store = first["id"], True, None
+            return
         if (first is not None and first["state"] == PENDING and first["until"] > time.time()
                 and time.monotonic() < patience):
             time.sleep(POLL)
             continue
         # Ambiguous, or pending past its bound (its process died): deliver again under the same id and Message-ID.
-        again = first["id"] if first is not None else interaction_id
-        mine = _record(PENDING, again, form, time.time() + bound)
-        if store.swap(key, current, mine, bound + window):
-            return Claim(again, form, resend=first is not None, store=store, key=key, record=mine, window=window)
+        again = first["id"] if first is not None else claimed.interaction_id
+        if store.swap(key, current, claimed.write(_record(PENDING, again, form, time.time() + bound)), ttl):
+            claimed.resend = first is not None
+            return

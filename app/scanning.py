@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from app import metrics
-from app.attachments import Attachment
+from app.attachments import Attachment, archive_problem
 from app.deadlines import DEADLINES
 from app.errors import FILE_TYPE_NOT_ALLOWED, ApiError, Problem, RetryLater
 from app.options.model import ScanOptions
@@ -101,6 +101,7 @@ def scan_attachments(attachments: list[Attachment], scan: ScanOptions) -> float:
     clamd gives no verdict; the seconds it took. A form without attachments never touches clamd."""
     if not attachments or not scan.clamd:
         return 0.0
+    _refuse_unscannable(attachments)
     started = time.monotonic()
     try:
         found = infected(attachments, scan.clamd, scan.timeout)
@@ -121,4 +122,21 @@ def scan_attachments(attachments: list[Attachment], scan: ScanOptions) -> float:
                     "signatures": [signature for _, signature in found]}})
     problems = [Problem(FILE_TYPE_NOT_ALLOWED, f'The file "{attachments[position - 1].filename}" was refused by '
                         "the virus scanner.", field="files") for position, _ in found]
+    raise ApiError(problems, outcome="infected")
+
+
+def _refuse_unscannable(attachments: list[Attachment]) -> None:
+    """Refuse (400, 203) the archives clamd could not see into whole, before clamd is asked: it would pass them as
+    clean."""
+    found = [(position, why) for position, attachment in enumerate(attachments, 1)
+             if (why := archive_problem(attachment.stream))]
+    if not found:
+        return
+    metrics.SCANS.labels("infected").inc()
+    log.warning("refused %d of %d files the virus scanner cannot see into: %s", len(found), len(attachments),
+                ", ".join(f"file {position}: {why}" for position, why in found), extra={"fields": {
+                    "event": "unscannable", "files": [position for position, _ in found],
+                    "reasons": [why for _, why in found]}})
+    problems = [Problem(FILE_TYPE_NOT_ALLOWED, f'The file "{attachments[position - 1].filename}" cannot be scanned '
+                        f"for viruses: {why}.", field="files") for position, why in found]
     raise ApiError(problems, outcome="infected")

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from bench.ports import system_program
 
+ROOT = Path(__file__).parent.parent
+# The limits of Debian's /etc/clamav/clamd.conf (package clamav-daemon), where clamd's built-in ones differ.
+DEBIAN_LIMITS = {"MaxScanSize": "100M", "MaxFileSize": "25M", "MaxRecursion": "16", "MaxFiles": "10000",
+                 "StreamMaxLength": "25M"}
 # The EICAR test file, built here (never committed): every virus scanner reports it.
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 SIGNATURE = "Eicar-Test-Signature"
@@ -24,10 +28,16 @@ def clamd_executable() -> str | None:
     return system_program("clamd")
 
 
-class Clamd:
-    """clamd listening on a Unix socket of its own; stopped by PID."""
+def deployed_settings() -> dict[str, str]:
+    """Debian's limits with the lines of deploy/clamd.conf merged in, as docs/operating.md has operators do."""
+    lines = (ROOT / "deploy" / "clamd.conf").read_text().splitlines()
+    return {**DEBIAN_LIMITS, **dict(line.split(None, 1) for line in lines if line.strip() and line[0] != "#")}
 
-    def __init__(self, stream_max_length: str = "10M") -> None:
+
+class Clamd:
+    """clamd listening on a Unix socket of its own, with `settings` (lines of clamd.conf) added; stopped by PID."""
+
+    def __init__(self, stream_max_length: str = "10M", settings: dict[str, str] | None = None) -> None:
         executable = clamd_executable()
         if executable is None:
             raise FileNotFoundError("clamd (Debian's clamav-daemon) is not installed")
@@ -37,7 +47,9 @@ class Clamd:
         self.socket = str(self.folder / "clamd.sock")
         (self.folder / "clamd.conf").write_text(
             f"Foreground yes\nLocalSocket {self.socket}\nDatabaseDirectory {self.folder / 'db'}\n"
-            f"LogFile {self.folder / 'clamd.log'}\nStreamMaxLength {stream_max_length}\n")
+            f"LogFile {self.folder / 'clamd.log'}\n"
+            + "".join(f"{name} {value}\n" for name, value in {"StreamMaxLength": stream_max_length,
+                                                              **(settings or {})}.items()))
         self.process = subprocess.Popen([executable, f"--config-file={self.folder / 'clamd.conf'}"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60

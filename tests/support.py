@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -176,9 +178,21 @@ class RedisServer:
         self.url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
             [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--requirepass", REDIS_PASSWORD, "--dir", str(folder)],
+             "--save", "", "--appendonly", "no", "--requirepass", REDIS_PASSWORD, "--dir", str(folder),
+             "--enable-debug-command", "local"],
             stdout=subprocess.DEVNULL)
         wait_for_port(self.port, self.process)
+
+    @contextlib.contextmanager
+    def asleep(self, seconds: float) -> Iterator[None]:
+        """Redis blocked for `seconds` (DEBUG SLEEP) while the block runs: every command waits, then runs late.
+        Leaving the block waits until Redis answers again."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            sock.sendall(f"AUTH {REDIS_PASSWORD}\r\n".encode())
+            assert sock.recv(64) == b"+OK\r\n"
+            sock.sendall(f"DEBUG SLEEP {seconds}\r\n".encode())
+            yield
+            assert sock.recv(64) == b"+OK\r\n"
 
     def stop(self) -> None:
         if self.process.poll() is None:

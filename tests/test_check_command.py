@@ -64,3 +64,16 @@ def test_gunicorns_own_check_leaves_a_live_metrics_folder_alone(tmp_path, live_f
                  env={**live_folders, "OPTIONS_FILE": str(options)})
     assert result.returncode == 0, result.stderr
     assert "counter_1234.db" in os.listdir(live_folders["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def test_check_warns_when_the_message_id_would_name_a_bare_host(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("app.mail.message.HOST_NAMES", ("vm",))
+    options = tmp_path / "options.ini"
+    options.write_text("[email]\nmailbox = support@example.com\n")
+    assert check([str(options)]) == 0
+    output = capsys.readouterr()
+    assert "valid" in output.out
+    assert "helo_name" in output.err and "vm" in output.err
+    options.write_text("[email]\nmailbox = support@example.com\n[smtp]\nhelo_name = mail.example.com\n")
+    assert check([str(options)]) == 0
+    assert capsys.readouterr().err == ""

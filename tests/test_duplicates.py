@@ -11,7 +11,6 @@ from support import GOOD_FORM, PDF, PNG, codes, log_lines, metric, multipart, po
 from app.attachments import Attachment
 from app.duplicates import fingerprint
 from app.metrics import exposition
-from app.options.load import load_options
 from app.submission import Submission
 
 
@@ -100,22 +99,26 @@ def _submission(**changes) -> Submission:
     return Submission(**{**values, **changes})
 
 
-def test_the_fingerprint_ignores_the_case_of_addresses_and_the_kind_of_line_end(options_file):
-    service = load_options(options_file.path).catch_all
-    same = fingerprint(_submission(), service)
-    assert fingerprint(_submission(from_address="Ana@Example.com", mailbox="SUPPORT@example.com"), service) == same
-    assert fingerprint(_submission(text="Hello\r\nthere"), service) == same
-    assert fingerprint(_submission(text="Hello\rthere"), service) == same
-    assert fingerprint(_submission(first_name="ana"), service) != same
+def test_the_fingerprint_ignores_the_case_of_addresses_and_the_kind_of_line_end():
+    same = fingerprint(_submission())
+    assert fingerprint(_submission(from_address="Ana@Example.com", mailbox="SUPPORT@example.com")) == same
+    assert fingerprint(_submission(text="Hello\r\nthere")) == same
+    assert fingerprint(_submission(text="Hello\rthere")) == same
+    assert fingerprint(_submission(first_name="ana")) != same
     assert len(same) == 64 and int(same, 16) >= 0
 
 
-def test_the_fingerprint_names_the_service_section_in_force_not_the_url(options_file):
-    options = load_options(options_file.path)
-    # Two unknown service names are both served by [email]: the same section, so the same form.
-    assert fingerprint(_submission(service="a"), options.service("a")) == \
-        fingerprint(_submission(service="b"), options.service("b"))
-    assert fingerprint(_submission(), options.service("sales")) != fingerprint(_submission(), options.catch_all)
+def test_the_fingerprint_names_the_service_of_the_url_not_the_section_in_force():
+    # Two unknown service names are both served by [email], yet their emails carry other X-Genesys-Service values.
+    assert fingerprint(_submission(service="billing")) != \
+        fingerprint(_submission(service="returns"))
+
+
+def test_the_same_form_to_two_unconfigured_services_is_two_emails(window, submit, smtp_server):
+    first = submit(service="billing").get_json()
+    second = submit(service="returns").get_json()
+    assert first["interactionId"] != second["interactionId"]
+    assert [m.email["X-Genesys-Service"] for m in smtp_server.messages] == ["billing", "returns"]
 
 
 @pytest.mark.parametrize("fault", ("451 4.3.0 try later", "554 5.7.1 refused"))
@@ -190,6 +193,12 @@ def test_an_idempotency_key_reused_for_another_form_is_422(client, smtp_server):
 def test_an_idempotency_key_belongs_to_one_service(client, smtp_server):
     post_with_key(client, "k-2", service="support"), post_with_key(client, "k-2", service="sales")
     assert len(smtp_server.messages) == 2
+
+
+def test_an_idempotency_key_belongs_to_the_service_of_the_url(client, smtp_server):
+    """billing and returns are both served by [email]: still two services, two emails."""
+    post_with_key(client, "k-3", service="billing"), post_with_key(client, "k-3", service="returns")
+    assert [m.email["X-Genesys-Service"] for m in smtp_server.messages] == ["billing", "returns"]
 
 
 @pytest.mark.parametrize("key", ("", "  ", "a" * 256, '"unclosed', 'a b', "caf\u00e9", '"tab\there"', '"a"b"'))

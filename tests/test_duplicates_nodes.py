@@ -2,6 +2,7 @@
 several nodes sharing a real Redis server (Debian's redis-server, started here on a free port)."""
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -10,15 +11,24 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import OptionsFile
-from support import GOOD_FORM, REDIS_PASSWORD, Gunicorn, metric, multipart
+from support import GOOD_FORM, REDIS_PASSWORD, Gunicorn, log_lines, metric, multipart
 
 from app import create_app
 from app.metrics import exposition
 
 
-def form() -> tuple[bytes, dict[str, str]]:
-    body, content_type = multipart(list(GOOD_FORM.items()))
+def form(**changes: str) -> tuple[bytes, dict[str, str]]:
+    body, content_type = multipart(list({**GOOD_FORM, **changes}.items()))
     return body, {"Content-Type": content_type}
+
+
+def http_get(port: int, path: str) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()
 
 
 def node(tmp_path, name: str, smtp_port: int, store: str):
@@ -86,6 +96,24 @@ def test_a_wrong_redis_password_is_a_store_error_that_names_no_password(redis_se
     assert "not-the-password" not in caplog.text and REDIS_PASSWORD not in caplog.text
 
 
+def test_a_claim_that_lands_after_its_store_timed_out_names_the_email_delivered_without_it(
+        redis_server, options_file, client, smtp_server, caplog):
+    """Redis answers the claim (SET NX) after the service gave up on it (1 s), and the claim lands later anyway:
+    the email carries the id that claim names, and the claim is settled, so that the resend is a duplicate."""
+    options_file.write(email={"duplicate_window": "10m"}, smtp={"timeout": "1"},
+                       server={"dedup_store": f'"{redis_server.url}"'})
+    earlier_body, earlier_headers = form(userData="earlier")  # the service is connected to Redis, as it is in use
+    assert client.post("/genesys/2/email/support", data=earlier_body, headers=earlier_headers).status_code == 200
+    body, headers = form()
+    with caplog.at_level(logging.INFO, logger="app"), redis_server.asleep(1.5):
+        first = client.post("/genesys/2/email/support", data=body, headers=headers).get_json()
+    again = client.post("/genesys/2/email/support", data=body, headers=headers).get_json()
+    assert first["statusCode"] == 0 and again == first
+    earlier, message = smtp_server.messages
+    assert message.email["X-Genesys-Interaction-Id"] == first["interactionId"]
+    assert [line["operation"] for line in log_lines(caplog, "dedup_store_error")][:1] == ["claim a form"]
+
+
 # Through gunicorn: the workers of one node share the SQLite file in the state folder.
 
 @pytest.mark.e2e
@@ -135,3 +163,41 @@ def test_a_delivery_cut_off_by_its_workers_death_is_resent_with_the_same_id_and_
     sending = [json.loads(line) for line in log.splitlines() if '"event": "sending"' in line]
     assert [(line["interaction_id"], line["resend"]) for line in sending] == [
         (answer["interactionId"], False), (answer["interactionId"], True)]
+
+
+def in_both_workers(node, smtp_server, first: tuple[bytes, dict], second: tuple[bytes, dict]) -> list[dict]:
+    """Post `first`, and `second` once the first is at the relay's end of DATA (its sync worker busy), so that the
+    other worker takes it; both answers."""
+    smtp_server.reached["END"].clear()
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(node.post, *first)
+        assert smtp_server.reached["END"].wait(30)
+        return [node.post(*second)[1], pending.result()[1]]
+
+
+@pytest.mark.e2e
+def test_a_deleted_sqlite_store_is_noticed_by_every_worker_and_replaced_by_one_new_file(tmp_path, options_file,
+                                                                                      smtp_server):
+    """The operator deletes the state folder's SQLite files while the node runs, and a worker is replaced (a crash,
+    max_requests): every process notices at its next claim and uses the new file. A double click then reaches
+    both workers (each sync worker takes one request while the relay is slow) and is still one email."""
+    options_file.write(email={"duplicate_window": "10m"})
+    smtp_server.delays["END"] = 0.5
+    node = Gunicorn(options_file.path, tmp_path, ("-w", "2"))
+    try:
+        in_both_workers(node, smtp_server, form(userData="warm-1"), form(userData="warm-2"))  # both open the store
+        sent_before = len(smtp_server.messages)
+        for path in (tmp_path / "state").glob("duplicates.sqlite3*"):
+            path.unlink()
+        crashed = min(node.workers())
+        os.kill(crashed, signal.SIGKILL)
+        node.wait_for_workers(replacing={crashed})
+        answers = [{answer["interactionId"] for answer in in_both_workers(node, smtp_server, copy, copy)}
+                   for copy in (form(userData=f"pair={n}") for n in range(3))]
+        page = http_get(node.port, "/metrics")
+    finally:
+        log = node.stop()
+    assert [len(ids) for ids in answers] == [1, 1, 1]  # each double click answered with one id
+    assert len(smtp_server.messages) - sent_before == 3
+    assert '"event": "dedup_store_replaced"' in log
+    assert 1 <= metric(page, "email_dedup_store_errors_total") <= 2  # once in each process that noticed

@@ -262,3 +262,24 @@ def test_names_full_of_quotes_keep_the_from_line_under_998_octets(submit, smtp_s
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
     sent = str(make_header(decode_header(raw_header(raw, "From"))))  # as a mail client decodes it
     assert sent == f"{quote * 256} {quote * 256} <ana@example.com>"
+
+
+@pytest.mark.parametrize(("host", "domain"), (("vm", "example.com"), ("web01.contact-center.example",
+                                                                       "web01.contact-center.example")),
+                         ids=("bare-host", "qualified-host"))
+def test_without_helo_name_the_message_id_names_a_qualified_domain(options_file, submit, smtp_server, monkeypatch,
+                                                                   host, domain):
+    """Spam filters score a Message-ID whose right-hand side is not a fully qualified domain (rspamd's
+    MID_RHS_NOT_FQDN): a bare host name gives way to the envelope sender's domain."""
+    monkeypatch.setattr("app.mail.message.HOST_NAMES", (host,))
+    options_file.write(smtp={"helo_name": None})
+    interaction_id = submit().get_json()["interactionId"]
+    assert smtp_server.messages[0].email["Message-ID"] == f"<{interaction_id}@{domain}>"
+
+
+def test_the_message_id_takes_the_envelope_senders_domain_when_envelope_from_is_set(options_file, submit,
+                                                                                     smtp_server, monkeypatch):
+    monkeypatch.setattr("app.mail.message.HOST_NAMES", ("vm", "localhost"))
+    options_file.write(smtp={"helo_name": None, "envelope_from": "bounces@mail.contact-center.example"})
+    interaction_id = submit().get_json()["interactionId"]
+    assert smtp_server.messages[0].email["Message-ID"] == f"<{interaction_id}@mail.contact-center.example>"

@@ -2,19 +2,22 @@
 started here in the foreground with a database of one signature, the EICAR test file) before anything is sent."""
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import socket
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 
 import pytest
+import pyzipper
 from support import PDF, codes, metric, zipped
 
 from app.local.run import local_app
 from app.metrics import exposition
-from bench.clamd import EICAR, SIGNATURE, Clamd, clamd_executable
+from bench.clamd import EICAR, SIGNATURE, Clamd, clamd_executable, deployed_settings
 
 
 def start_clamd(**settings: str) -> Clamd:
@@ -157,3 +160,80 @@ def test_check_refuses_a_scan_timeout_out_of_range(tmp_path, capsys):
     path = tmp_path / "options.ini"
     path.write_text("[email]\nmailbox = a@example.com\n[scan]\nclamd = /run/clamav/clamd.ctl\ntimeout = 600\n")
     assert main([str(path)]) == 1 and "[scan] timeout" in capsys.readouterr().out
+
+
+# Archives the scanner cannot see into (contract section 10), against clamd as deployed: Debian's limits with the
+# lines of deploy/clamd.conf.
+
+@pytest.fixture(scope="module")
+def deployed_clamd():
+    """A real clamd with Debian's limits and deploy/clamd.conf, shared by this module's archive tests."""
+    server = start_clamd(settings=deployed_settings())
+    yield server
+    server.stop()
+
+
+def encrypted_zip(*entries: tuple[str, bytes]) -> bytes:
+    """A password-protected zip (AES, as 7-Zip and WinZip write them)."""
+    buffer = io.BytesIO()
+    with pyzipper.AESZipFile(buffer, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES) as archive:
+        archive.setpassword(b"infected")
+        for name, content in entries:
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def nested(depth: int, content: bytes = EICAR) -> bytes:
+    """`content` in a zip in a zip ... `depth` zips deep."""
+    for level in range(depth):
+        content = zipped((f"level-{depth - level}.zip" if level else "eicar.com", content))
+    return content
+
+
+def zip_bomb(entries: int, size: int = 25_000_000) -> bytes:
+    """Zero-filled entries that unpack far past their upload (a few hundred KB), then the EICAR file."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for number in range(entries):
+            archive.writestr(f"zeros-{number}.bin", bytes(size))
+        archive.writestr("eicar.com", EICAR)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("name", "archive", "why"), (
+    ("protected.zip", lambda: encrypted_zip(("eicar.com", EICAR)), "encrypted"),
+    ("nested.zip", lambda: nested(20), "nested"),
+    ("four-deep.zip", lambda: nested(4, b"just text"), "nested"),
+), ids=("password-protected", "twenty-deep", "four-deep"))
+def test_an_archive_the_scanner_cannot_see_into_is_refused_before_clamd_is_asked(
+        deployed_clamd, options_file, submit, smtp_server, caplog, name, archive, why):
+    options_file.write(scan={"clamd": deployed_clamd.socket, "timeout": "10"})
+    with caplog.at_level(logging.INFO, logger="app"):
+        response = submit(files=[("invoice.pdf", PDF), (name, archive())])
+    assert response.status_code == 400
+    [problem] = response.get_json()["errors"]
+    assert (problem["code"], problem["field"]) == (203, "files") and name in problem["message"]
+    assert smtp_server.messages == []
+    [warning] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "unscannable"]
+    assert warning.levelname == "WARNING" and why in warning.getMessage() and warning.fields["files"] == [2]
+
+
+def test_three_zips_deep_is_scanned_by_clamd_and_delivered_when_clean(deployed_clamd, options_file, submit,
+                                                                      smtp_server):
+    options_file.write(scan={"clamd": deployed_clamd.socket, "timeout": "10"})
+    assert submit(files=[("three-deep.zip", nested(3, b"just text"))]).get_json()["statusCode"] == 0
+    options_file.write(scan={"clamd": None})
+    assert submit(files=[("protected.zip", encrypted_zip(("a.txt", b"x")))]).get_json()["statusCode"] == 0
+
+
+def test_a_zip_bomb_past_clamds_scan_size_is_refused_as_found(deployed_clamd, options_file, submit, smtp_server,
+                                                              caplog):
+    """Nine 25 MB entries of zeros (a 230 KB upload) unpack past MaxScanSize: clamd never reaches the EICAR file
+    after them, and reports the limit as found (AlertExceedsMax) instead of OK."""
+    options_file.write(scan={"clamd": deployed_clamd.socket, "timeout": "20"})
+    with caplog.at_level(logging.INFO, logger="app"):
+        response = submit(files=[("photos.zip", zip_bomb(9))])
+    assert response.status_code == 400 and codes(response) == [203]
+    assert smtp_server.messages == []
+    [warning] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "infected"]
+    assert "Heuristics.Limits.Exceeded" in warning.getMessage()

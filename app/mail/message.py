@@ -19,7 +19,10 @@ from app.options.model import ServiceOptions, SmtpOptions
 from app.rules import ANY_LINE_END, LINE_END
 from app.submission import Submission
 
-HOST_NAME = socket.gethostname()  # read once: no look-up per request
+# This host's names, read once (a DNS look-up per request would hold a form up): its name and its fully qualified
+# name as the resolver gives it.
+HOST_NAMES = (socket.gethostname(), socket.getfqdn())
+LOCAL_NAMES = ("localhost", "localdomain", "local")  # names with a dot that are no domain of this host's
 BASE64_BLOCK = 57 * 1024  # bytes read at a time: 1024 lines of base64
 PLACEHOLDER = re.compile(rb"ATTACHMENT-[0-9a-f]{32}")  # where an attachment's body goes in the written message
 
@@ -28,11 +31,26 @@ PLACEHOLDER = re.compile(rb"ATTACHMENT-[0-9a-f]{32}")  # where an attachment's b
 class Envelope:
     """The SMTP envelope. MAIL FROM is never the customer's address: a bounce must not reach a stranger."""
 
-    helo: str  # the EHLO name, also the domain of Message-ID
+    helo: str  # the EHLO name
     mail_from: str
     rcpt_to: str
     max_size: int  # the service's limit, the advice given when the relay answers 552
     size: int = 0  # the message's size, declared with SIZE= when the relay offers it
+
+
+def qualified_host_name() -> str:
+    """This host's name when it is fully qualified (it has a dot), else ""."""
+    for name in HOST_NAMES:
+        labels = name.lower().split(".")
+        if len(labels) > 1 and all(labels) and labels[0] not in LOCAL_NAMES and labels[-1] not in LOCAL_NAMES:
+            return name
+    return ""
+
+
+def message_id_domain(smtp: SmtpOptions, mail_from: str) -> str:
+    """The right-hand side of Message-ID: `helo_name`, else this host's qualified name, else the envelope sender's
+    domain; never a bare host name, which spam filters score (rspamd's MID_RHS_NOT_FQDN)."""
+    return smtp.helo_name or qualified_host_name() or mail_from.rpartition("@")[2]
 
 
 def _set_text(message: EmailMessage, text: str) -> None:
@@ -134,7 +152,8 @@ def _base64_lines(attachment: Attachment) -> Iterator[bytes]:
 
 def compose(submission: Submission, interaction_id: str, service: ServiceOptions, smtp: SmtpOptions) -> OutgoingEmail:
     """Build the email with the headers of contract section 6, every attachment, and its envelope."""
-    helo = smtp.helo_name or HOST_NAME
+    # MAIL FROM is `envelope_from` (also the Sender: header) or else the mailbox itself: never the customer.
+    mail_from = smtp.envelope_from or submission.mailbox
     message = EmailMessage(policy=POLICY)
     name = f"{submission.first_name} {submission.last_name}"
     if service.from_header == "service":  # DMARC: the customer's domain may not be sent from another host
@@ -143,7 +162,7 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
     else:
         message["From"] = header("From", name, submission.from_address)
     fields = [("Sender", smtp.envelope_from), ("To", submission.mailbox), ("Subject", submission.subject),
-              ("Date", _date()), ("Message-ID", f"<{interaction_id}@{helo}>"),
+              ("Date", _date()), ("Message-ID", f"<{interaction_id}@{message_id_domain(smtp, mail_from)}>"),
               ("X-Genesys-Interaction-Id", interaction_id), ("X-Genesys-From-Address", submission.from_address),
               ("X-Genesys-Service", submission.service),
               ("X-Genesys-Tenant", service.tenant), ("X-Genesys-First-Name", submission.first_name),
@@ -154,8 +173,7 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
             message[name] = header(name, text)
     text = (_details(submission, interaction_id) if service.details_in_body else "") + submission.text
     _set_text(message, text)
-    # MAIL FROM is `envelope_from` (also the Sender: header) or else the mailbox itself: never the customer.
-    envelope = Envelope(helo, smtp.envelope_from or submission.mailbox, submission.mailbox, service.max_size)
+    envelope = Envelope(smtp.helo_name or HOST_NAMES[0], mail_from, submission.mailbox, service.max_size)
     outgoing = OutgoingEmail(interaction_id, message, envelope)
     for attachment in submission.attachments:
         maintype, _, subtype = attachment.content_type.partition("/")

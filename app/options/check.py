@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
+from app.mail.message import HOST_NAMES, qualified_host_name
 from app.options.load import load_options
 from app.options.model import Options, OptionsError
 
@@ -31,4 +32,8 @@ def main(argv: list[str]) -> int:
         print(f"{path} has problems:", *error.problems, sep="\n  ")
         return 1
     print(f"{path} is valid: {summary(options)}")
+    if not options.smtp.helo_name and not qualified_host_name():
+        print(f"warning: [smtp] helo_name is unset and this host's name ({HOST_NAMES[0]}) is not fully qualified: "
+              "the Message-ID takes the envelope sender's domain; set helo_name to this host's public name",
+              file=sys.stderr)
     return 0

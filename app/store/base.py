@@ -6,7 +6,12 @@ from typing import Protocol
 
 
 class StoreError(Exception):
-    """The store could not be used; the message says why and never holds a password."""
+    """The store could not be used; the message says why and never holds a password. `unknown` when a write was sent
+    but its answer did not come: it may still land."""
+
+    def __init__(self, reason: str, *, unknown: bool = False) -> None:
+        super().__init__(reason)
+        self.unknown = unknown
 
 
 class Store(Protocol):

@@ -39,7 +39,8 @@ class RedisStore:
         reason = str(exc) or type(exc).__name__
         for secret in self.secrets:
             reason = reason.replace(secret, "****")
-        return StoreError(reason)
+        # A reply that timed out leaves the command's fate to Redis: it may run once Redis gets to it.
+        return StoreError(reason, unknown=isinstance(exc, (redis.TimeoutError, TimeoutError)))
 
     def add(self, key: str, record: str, ttl: float) -> bool:
         """SET NX PX: only the first claim of a key wins."""

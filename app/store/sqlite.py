@@ -1,13 +1,17 @@
 """The store as a SQLite file in the state folder (WAL mode), shared by every process of the node."""
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
+from app import metrics
 from app.store.base import StoreError
+
+log = logging.getLogger("app.store")
 
 LOCK_TIMEOUT = 1.0  # seconds a write waits for another process's transaction before the store counts as failed
 PURGE_BATCH = 16  # expired rows removed by each claim, so the file never grows without bound
@@ -35,11 +39,23 @@ class SqliteStore:
         self.path = path
         self.description = f"SQLite file {shown_as or path}"
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._inode: int | None = None  # the file this process last opened
+
+    def _file_inode(self) -> int | None:
+        try:
+            return os.stat(self.path).st_ino
+        except OSError:
+            return None
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is not None and self._local.pid == os.getpid():
-            return connection
+            if self._local.inode == self._file_inode():
+                return connection
+            # The file was deleted or replaced: this connection writes to one no other process opens any more.
+            self._local.connection = None
+            connection.close()
         connection = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT, isolation_level=None)
         try:
             _switch_to_wal(connection)
@@ -52,8 +68,19 @@ class SqliteStore:
         except BaseException:
             connection.close()
             raise
-        self._local.connection, self._local.pid = connection, os.getpid()
+        self._local.connection, self._local.pid, self._local.inode = connection, os.getpid(), self._file_inode()
+        self._notice(self._local.inode)
         return connection
+
+    def _notice(self, inode: int | None) -> None:
+        """Log and count, once per process, that the file is another one than this process had open."""
+        with self._lock:
+            previous, self._inode = self._inode, inode
+        if previous is not None and previous != inode:
+            metrics.DEDUP_STORE_ERRORS.inc()
+            log.warning("the %s was deleted or replaced while the service ran; this process uses the new file "
+                        "(claims in the old one are forgotten)", self.description, extra={"fields": {
+                            "event": "dedup_store_replaced", "store": self.description}})
 
     def _run(self, statements: list[tuple[str, tuple[object, ...]]], write: bool = True) -> sqlite3.Cursor:
         """Run the statements in one transaction; the cursor of the last. Any failure is a StoreError."""
