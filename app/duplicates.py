@@ -16,6 +16,7 @@ import re
 import secrets
 import string
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -23,8 +24,9 @@ from typing import Any
 from app import metrics
 from app.errors import BAD_IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_REUSED, ApiError, TransientDeliveryError
 from app.options.model import Options, ServiceOptions
+from app.quotas import refusal
 from app.rules import LINE_END
-from app.store import Store, StoreError, open_store
+from app.store import OverQuota, Quota, Store, StoreError, open_store
 from app.submission import Submission
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,8 @@ def _record_from(text: str) -> dict[str, Any] | None:
 
 def _store_failed(description: str, what: str, error: StoreError) -> None:
     metrics.DEDUP_STORE_ERRORS.inc()
-    log.warning("the duplicate store (%s) failed to %s: %s; the form is delivered without the duplicate check",
+    log.warning("the duplicate store (%s) failed to %s: %s; the form is delivered without the duplicate check "
+                "and the quotas",
                 description, what, error, extra={"fields": {
                     "event": "dedup_store_error", "store": description, "operation": what, "reason": str(error)}})
 
@@ -139,26 +142,31 @@ class Claim:
             _store_failed(self.store.description, "settle a claim", exc)
 
 
-def claim(submission: Submission, service: ServiceOptions, options: Options, key: str | None) -> Claim:
+def claim(submission: Submission, service: ServiceOptions, options: Options, key: str | None,
+          quotas: Sequence[Quota] = ()) -> Claim:
     """Claim the form before anything is sent, by its Idempotency-Key (24 h) or, with `duplicate_window`, by its
-    fingerprint; waits while an identical form is being delivered, at most one delivery's bound."""
+    fingerprint, and count it against `quotas` with the claim (a duplicate counts nothing); waits while an
+    identical form is being delivered, at most one delivery's bound."""
     form = fingerprint(submission)
     if key is None and not service.duplicate_window:
+        if quotas:
+            _count(quotas, options)
         return Claim(new_interaction_id(), form)
     if key is not None:
         store_key, window = f"key:{submission.service}:{hashlib.sha256(key.encode()).hexdigest()}", KEY_WINDOW
     else:
         store_key, window = f"form:{form}", service.duplicate_window
+    # How long this form's delivery may take: its scan, its spam check, the relay, and a little more.
     scanning = options.scan.timeout if submission.attachments and options.scan.clamd else 0.0
-    bound = scanning + options.smtp.delivery_bound + GRACE
-    try:
-        store = open_store(options.server.dedup_store)
-    except StoreError as exc:
-        _store_failed("the state folder's SQLite file" if not options.server.dedup_store else "Redis", "open", exc)
+    bound = scanning + (options.spam.timeout if options.spam.rspamd else 0.0) + options.smtp.delivery_bound + GRACE
+    store = _open_store(options)
+    if store is None:
         return Claim(new_interaction_id(), form)
     claimed = Claim(new_interaction_id(), form, store=store, key=store_key, window=window)
     try:
-        _claim(claimed, bound)
+        _claim(claimed, bound, quotas)
+    except OverQuota as over:
+        raise refusal(over) from None
     except StoreError as exc:
         # A write that timed out leaves the store's state unknown, not "no": the form is delivered under the id of
         # the record it tried to write, which is settled (or removed) afterwards should the write land late.
@@ -171,12 +179,34 @@ def claim(submission: Submission, service: ServiceOptions, options: Options, key
     return claimed
 
 
-def _claim(claimed: Claim, bound: float) -> None:
+def _open_store(options: Options) -> Store | None:
+    try:
+        return open_store(options.server.dedup_store)
+    except StoreError as exc:
+        _store_failed("the state folder's SQLite file" if not options.server.dedup_store else "Redis", "open", exc)
+        return None
+
+
+def _count(quotas: Sequence[Quota], options: Options) -> None:
+    """Count a form that no claim counts: no duplicate check is asked for."""
+    store = _open_store(options)
+    if store is None:
+        return
+    try:
+        store.count(quotas)
+    except OverQuota as over:
+        raise refusal(over) from None
+    except StoreError as exc:
+        _store_failed(store.description, "count the quotas", exc)
+
+
+def _claim(claimed: Claim, bound: float, quotas: Sequence[Quota]) -> None:
     store, key, form, ttl = claimed.store, claimed.key, claimed.fingerprint, bound + claimed.window
     assert store is not None
     patience = time.monotonic() + bound
     while True:
-        if store.add(key, claimed.write(_record(PENDING, claimed.interaction_id, form, time.time() + bound)), ttl):
+        record = claimed.write(_record(PENDING, claimed.interaction_id, form, time.time() + bound))
+        if store.add(key, record, ttl, quotas):
             return
         current = store.get(key)
         if current is None:  # settled as not delivered, or expired, meanwhile

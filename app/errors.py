@@ -79,16 +79,17 @@ def attachments_too_large(max_size: int) -> Problem:
 
 class ApiError(Exception):
     """A request the service does not answer with statusCode 0: statusCode 2 with its problems (or, in RetryLater,
-    statusCode 1 with a message). `outcome` names it in the log line."""
+    statusCode 1 with a message). `outcome` names it in the log line, `log_fields` add to that line."""
 
     status_code = 2
     outcome = "rejected"
 
     def __init__(self, problems: list[Problem], *, headers: dict[str, str] | None = None,
-                 outcome: str | None = None) -> None:
+                 outcome: str | None = None, log_fields: dict[str, Any] | None = None) -> None:
         super().__init__("; ".join(p.message for p in problems))
         self.problems = problems
         self.headers = headers or {}
+        self.log_fields = log_fields or {}
         if outcome is not None:
             self.outcome = outcome
 

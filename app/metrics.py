@@ -35,6 +35,8 @@ DUPLICATES = Counter("email_duplicates", "Forms answered with an earlier deliver
 DEDUP_STORE_ERRORS = Counter("email_dedup_store_errors", "Failures of the duplicate store (the form was delivered "
                              "without the duplicate check)")
 SCANS = Counter("email_scans", "Virus scans of a request's attachments, by result", ["result"])
+LIMITED = Counter("email_limited", "Forms refused over a quota (429), by quota", ["quota"])
+SPAM_CHECKS = Counter("email_spam_checks", "rspamd's verdicts on the emails, by action (error: no verdict)", ["action"])
 RELOADS = Counter("email_options_reloads", "Reloads of options.ini by result", ["result"])
 # One sample per live process (label pid in multiprocess mode), so that a worker serving older options shows.
 OPTIONS_VERSION = Gauge("email_options_version", "Version of the options in force in this process (node-wide numbers)",
@@ -43,6 +45,12 @@ OPTIONS_VERSION = Gauge("email_options_version", "Version of the options in forc
 # differ run different options.
 OPTIONS_INFO = Gauge("email_options_info", "1 for the options in force, by the first 12 hex digits of the SHA-256 "
                      "of their text", ["digest"], multiprocess_mode="livemax")
+
+
+def start_at_zero(metric: Any, values: tuple[str, ...]) -> None:
+    """Create `metric`'s series at 0 for each label value, so that an alert on its increase fires at the first."""
+    for value in values:
+        labelled(metric, value)
 
 
 @functools.lru_cache(maxsize=4096)

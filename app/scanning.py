@@ -21,6 +21,8 @@ from app.recent import RECENT
 log = logging.getLogger(__name__)
 INSTREAM_CHUNK = 64 * 1024  # bytes per INSTREAM chunk
 MAX_REPLY = 4096  # bytes of one clamd reply
+RESULTS = ("clean", "infected", "error")
+metrics.start_at_zero(metrics.SCANS, RESULTS)
 
 
 class ScanFailed(Exception):

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.store import StoreError
+from app.store import OverQuota, Quota, StoreError
 from app.store.redis import RedisStore
 from app.store.sqlite import SqliteStore
 
@@ -83,3 +83,58 @@ def test_the_first_claims_on_a_new_store_never_find_it_locked(tmp_path):
         store = SqliteStore(tmp_path / f"claims-{round_}.sqlite3")
         with ThreadPoolExecutor(2) as pool:
             assert list(pool.map(store.add, ("k0", "k1"), ("{}", "{}"), (60, 60))) == [True, True]
+
+
+def quota(limit: int = 3, period: float = 3600, key: str = "client:203.0.113.7") -> Quota:
+    return Quota("client", key, limit, period)
+
+
+def test_a_quota_counts_up_to_its_limit_then_says_when_it_has_room(store):
+    for _ in range(3):
+        store.count([quota()])
+    with pytest.raises(OverQuota) as over:
+        store.count([quota()])
+    assert over.value.quota == quota() and 3590 < over.value.retry_after <= 3600
+    store.count([quota(key="client:198.51.100.1")])  # another address has its own count
+
+
+def test_a_claim_counts_its_quotas_once_and_a_duplicate_counts_nothing(store):
+    assert store.add("form", "first", 60, [quota(limit=2)])
+    assert not store.add("form", "again", 60, [quota(limit=2)])  # a duplicate: not counted
+    assert store.add("other", "second", 60, [quota(limit=2)])
+    with pytest.raises(OverQuota):
+        store.add("third", "refused", 60, [quota(limit=2)])
+    assert store.get("third") is None  # over a quota: nothing stored
+
+
+def test_a_full_quota_counts_none_of_the_others(store):
+    sender = Quota("sender", "sender:ana@example.com", 5, 3600)
+    store.count([quota(limit=1)])
+    with pytest.raises(OverQuota) as over:
+        store.count([sender, quota(limit=1)])
+    assert over.value.quota.name == "client"
+    for _ in range(5):  # the refused form did not count for the sender
+        store.count([sender])
+
+
+def test_concurrent_counts_never_get_past_a_quota(store):
+    def count(_: int) -> bool:
+        try:
+            store.count([quota(limit=5)])
+            return True
+        except OverQuota:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(count, range(24))).count(True) == 5
+
+
+def test_the_window_moves(store):
+    store.count([quota(limit=1, period=0.3)])
+    deadline = time.monotonic() + 10
+    while True:  # room again once the count leaves the window
+        try:
+            store.count([quota(limit=1, period=0.3)])
+            break
+        except OverQuota as over:
+            assert over.retry_after <= 0.3 and time.monotonic() < deadline

@@ -95,3 +95,11 @@ def _encoded_words(text: str) -> str:
         piece += character
     words.append(UTF8_QP.header_encode(piece))
     return "\r\n ".join(words)
+
+
+def header_line(name: str, value: str) -> bytes:
+    """One whole header line of short printable ASCII, as a filter adds it on top of an email."""
+    line = f"{name}: {value}"
+    if not re.fullmatch(r"[\x20-\x7e]{1,200}", line):
+        raise HeaderInjection(f"{name}: not one short line of printable ASCII")
+    return line.encode("ascii") + b"\r\n"

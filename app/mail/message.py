@@ -14,7 +14,7 @@ from email.utils import format_datetime, localtime
 from functools import cached_property
 
 from app.attachments import Attachment
-from app.mail.headers import POLICY, UTF8_QP, header
+from app.mail.headers import POLICY, UTF8_QP, header, header_line
 from app.options.model import ServiceOptions, SmtpOptions
 from app.rules import ANY_LINE_END, LINE_END
 from app.submission import Submission
@@ -104,6 +104,13 @@ class OutgoingEmail:
     message: EmailMessage
     envelope: Envelope
     placeholders: dict[bytes, Attachment] = field(default_factory=dict)
+    marks: bytes = b""  # header lines a filter adds on top, as the relay gets them
+
+    def mark(self, headers: list[tuple[str, str]], recipient: str = "") -> None:
+        """Add `headers` on top of the email and, with `recipient`, send it there instead (the envelope only)."""
+        self.marks += b"".join(header_line(name, value) for name, value in headers)
+        rcpt_to = recipient or self.envelope.rcpt_to
+        self.envelope = replace(self.envelope, rcpt_to=rcpt_to, size=self.size())
 
     @property
     def attachment_bytes(self) -> int:
@@ -118,7 +125,7 @@ class OutgoingEmail:
     def size(self) -> int:
         """The size in octets of what `chunks()` yields, for SIZE= in MAIL FROM (RFC 1870)."""
         wire = self.wire
-        size = len(wire) - sum(len(p) * wire.count(p) for p in self.placeholders)
+        size = len(self.marks) + len(wire) - sum(len(p) * wire.count(p) for p in self.placeholders)
         for attachment in self.placeholders.values():
             encoded = 4 * -(-attachment.size // 3)
             size += encoded + 2 * max(-(-encoded // 76) - 1, 0)
@@ -128,6 +135,8 @@ class OutgoingEmail:
         """The email as CRLF-terminated lines, with each attachment base64-encoded a block at a time."""
         # Every chunk starts at the beginning of a line or with CRLF, so that each can be dot-stuffed alone.
         wire = self.wire
+        if self.marks:
+            yield self.marks
         if not self.placeholders:
             yield wire
             return

@@ -19,6 +19,7 @@ from validate import (
 from app.options.model import (
     AdminOptions,
     CorsOptions,
+    LimitsOptions,
     Options,
     OptionsError,
     ScanOptions,
@@ -26,6 +27,7 @@ from app.options.model import (
     ServerOptions,
     ServiceOptions,
     SmtpOptions,
+    SpamOptions,
 )
 from app.options.schema import EMAIL_KEYS, SECTIONS, VALIDATOR, Invalid, configspec, expected, ini_lines
 
@@ -151,7 +153,9 @@ def _options(path: Path, text: str) -> Options:
     if unresolved:
         raise OptionsError(unresolved)
     sections = [config[name] for name in config.sections if name.startswith("email")]
-    mailboxes = [default_mailbox, *(section.get("mailbox") for section in sections)]
+    # The quarantine mailbox is one of the file's mailboxes too (contract section 5).
+    quarantine = config["spam"]["quarantine_mailbox"]
+    mailboxes = [default_mailbox, quarantine, *(section.get("mailbox") for section in sections)]
     return Options(
         catch_all=catch_all,
         services=services,
@@ -162,4 +166,6 @@ def _options(path: Path, text: str) -> Options:
         admin=AdminOptions(**config["admin"]),
         server=ServerOptions(**config["server"]),
         scan=ScanOptions(**config["scan"]),
+        limits=LimitsOptions(**config["limits"]),
+        spam=SpamOptions(**config["spam"]),
     )

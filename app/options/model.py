@@ -1,6 +1,7 @@
 """The options of options.ini as values: one frozen dataclass per section, and the whole reading of the file."""
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 DELIVERY_TIMEOUTS = 3  # one delivery takes at most this many times [smtp] timeout (contract section 4)
@@ -12,6 +13,18 @@ class OptionsError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+@dataclass(frozen=True)
+class Rate:
+    """`count` forms in any `seconds` (a moving window); `text` as the file wrote it."""
+
+    count: int
+    seconds: float
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,9 @@ class ServerOptions:
     proxy_hops: int
     status_file: str
     dedup_store: str  # "" (SQLite in the state folder) or a redis:// URL that may hold a password
+    probe_interval: float  # seconds between probes of the dependencies; 0: none
+    node_name: str  # "": this host's name
+    log_pings: bool  # the load balancer's pings and the scrapes of /metrics logged at INFO, like every request
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,24 @@ class ScanOptions:
 
     clamd: str
     timeout: float
+
+
+@dataclass(frozen=True)
+class LimitsOptions:
+    """The [limits] options: quotas per client address and per sender (None: off), and who has none."""
+
+    per_client: Rate | None
+    per_sender: Rate | None
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+@dataclass(frozen=True)
+class SpamOptions:
+    """The [spam] options: rspamd's normal worker ("" for no check), its timeout, and the quarantine mailbox."""
+
+    rspamd: str
+    timeout: float
+    quarantine_mailbox: str
 
 
 @dataclass(frozen=True)
@@ -104,6 +138,8 @@ class Options:
     admin: AdminOptions
     server: ServerOptions
     scan: ScanOptions
+    limits: LimitsOptions
+    spam: SpamOptions
 
     def service(self, name: str) -> ServiceOptions:
         """The options of service `name`; unknown names are served by [email]."""

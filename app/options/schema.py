@@ -1,17 +1,19 @@
 """The layout of options.ini: its configspec, and the checks of the value types that are this service's own."""
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError
 from validate import ValidateError, Validator
 
+from app.options.model import Rate
 from app.rules import CONTROL, mailbox_address
 
 DEFAULT_FILE_TYPES = ("pdf", "doc", "txt", "jpg", "png", "gif", "bmp", "zip")
 SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}  # by the first letter: K and KB alike
-SECTIONS = ("email", "smtp", "cors", "security", "admin", "server", "scan")
+SECTIONS = ("email", "smtp", "cors", "security", "admin", "server", "scan", "limits", "spam")
 # What each check expects, in words, for problems that say what was expected.
 EXPECTED_WORDS = {
     "integer": "a whole number",
@@ -27,6 +29,9 @@ EXPECTED_WORDS = {
     "duration": "seconds, or a number with s, m or h",
     "store_url": "empty, or redis://[:password@]host:port/db (or rediss://)",
     "clamd_address": "empty, an absolute path of clamd's Unix socket, or host:port",
+    "host_port": "empty, or host:port",
+    "rate": "0 (off), or a number of forms per period such as 30/h, 100/10m or 5/90s (s, m, h or d)",
+    "networks": "a list of addresses or networks such as 10.0.0.0/8 or 2001:db8::/32",
 }
 
 # The keys of [email] as (configobj check, its arguments, default); [email.<service>] may override any.
@@ -66,9 +71,20 @@ reload_interval = float(min=0, max=3600, default=1)
 proxy_hops = integer(min=0, max=10, default=0)
 status_file = one_line(min=1, default="node.status")
 dedup_store = store_url(default="")
+probe_interval = float(min=0, max=3600, default=15)
+node_name = one_line(default="")
+log_pings = boolean(default=False)
 [scan]
 clamd = clamd_address(default="")
 timeout = float(min=0.1, max=30, default=5)
+[limits]
+per_client = rate(default="0")
+per_sender = rate(default="0")
+exempt = networks(default=list())
+[spam]
+rspamd = host_port(default="")
+timeout = float(min=0.1, max=10, default=2)
+quarantine_mailbox = mailbox(default="")
 """
 
 
@@ -174,13 +190,44 @@ def _store_url(value: str | list[str]) -> str:
 def clamd_address(value: str | list[str]) -> str:
     """A clamd address as [scan] clamd takes it: empty, an absolute socket path, or host:port; raises Invalid."""
     value = _one_line(value)
-    if not value or value.startswith("/"):
+    if value.startswith("/"):
+        return value
+    return _host_port(value, "neither a socket path nor host:port")
+
+
+def _host_port(value: str | list[str], why: str = "not host:port") -> str:
+    value = _one_line(value)
+    if not value:
         return value
     host, colon, port = value.rpartition(":")
     valid_host = re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host)
     if not colon or not valid_host or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
-        raise Invalid("neither a socket path nor host:port")
+        raise Invalid(why)
     return value
+
+
+PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _rate(value: str | list[str]) -> Rate | None:
+    """N/PERIOD (`30/h`, `100/10m`, `5/90s`), or None for 0 (off)."""
+    text = _one_line(value).strip()
+    if text == "0":
+        return None
+    match = re.fullmatch(r"(\d{1,7})\s*/\s*(\d{0,6})\s*([smhd])", text, re.IGNORECASE)
+    if not match or int(match[1]) == 0 or match[2] == "0":
+        raise Invalid("not a rate")
+    seconds = int(match[2] or 1) * PERIOD_UNITS[match[3].lower()]
+    if seconds > 7 * 86400:
+        raise Invalid("a period longer than 7 days")
+    return Rate(int(match[1]), seconds, text)
+
+
+def _networks(value: str | list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in _as_list(value))
+    except ValueError:
+        raise Invalid("an entry that is neither an address nor a network") from None
 
 
 def _extensions(value: str | list[str]) -> tuple[str, ...]:
@@ -218,6 +265,9 @@ VALIDATOR = Validator(
         "duration": _duration,
         "store_url": _store_url,
         "clamd_address": clamd_address,
+        "host_port": _host_port,
+        "rate": _rate,
+        "networks": _networks,
     }
 )
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from app.metrics import OPTIONS_INFO, OPTIONS_VERSION, RELOADS
+from app.metrics import OPTIONS_INFO, OPTIONS_VERSION, RELOADS, start_at_zero
 from app.options.load import options_from_bytes, read_file
 from app.options.model import Options, OptionsError
 from app.options.snapshot import NodeSnapshot, digest_of
@@ -24,6 +24,7 @@ from app.store.folder import StateFolderError, file_signature
 log = logging.getLogger("app.options")
 TICK = 0.1  # seconds between the watcher's looks at the stores whose check is due
 REQUEST_WAIT = 1.0  # seconds a request waits for a check in progress (the contract allows reload_interval + 1 s)
+start_at_zero(RELOADS, ("ok", "refused"))
 
 
 @dataclass(frozen=True)

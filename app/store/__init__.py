@@ -1,14 +1,14 @@
-"""The node's shared state: the duplicate claims in one store, a SQLite file of the node or a Redis server shared
-by several nodes, chosen by `[server] dedup_store`."""
+"""The node's shared state: the duplicate claims and the quota counts in one store, a SQLite file of the node or a
+Redis server shared by several nodes, chosen by `[server] dedup_store`."""
 from __future__ import annotations
 
 import os
 import threading
 
-from app.store.base import Store, StoreError
+from app.store.base import OverQuota, Quota, Store, StoreError
 from app.store.folder import STATE_DIR_VARIABLE, StateFolderError, state_folder
 
-__all__ = ["Store", "StoreError", "open_store"]
+__all__ = ["OverQuota", "Quota", "Store", "StoreError", "open_store"]
 _opened: dict[tuple[str, str], Store] = {}
 _opened_lock = threading.Lock()
 

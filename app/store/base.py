@@ -1,7 +1,10 @@
-"""What every store of the node's shared state offers: records by key with an expiry (the duplicate claims), and
-a check for the probes. One module per backend implements it; errors are wrapped in StoreError once there."""
+"""What every store of the node's shared state offers: records by key with an expiry (the duplicate claims), counts
+in a moving window (the quotas), and a check for the probes. One module per backend implements it; its errors are
+wrapped in StoreError there, once."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -14,13 +17,35 @@ class StoreError(Exception):
         self.unknown = unknown
 
 
+@dataclass(frozen=True)
+class Quota:
+    """At most `limit` counts under `key` in any `period` seconds (a moving window); `name` says which quota."""
+
+    name: str
+    key: str
+    limit: int
+    period: float
+
+
+class OverQuota(Exception):
+    """Counting would take `quota` past its limit; the window has room again in `retry_after` seconds."""
+
+    def __init__(self, quota: Quota, retry_after: float) -> None:
+        super().__init__(f"{quota.name} quota of {quota.limit} in {quota.period:g} s reached")
+        self.quota, self.retry_after = quota, retry_after
+
+
 class Store(Protocol):
-    """Records by key, each with an expiry: add one if none is in force, read one, replace one if unchanged."""
+    """Records by key, each with an expiry, and quota counts; every operation is one atomic step in the store."""
 
     description: str  # for log lines: where the store is, without a password
 
-    def add(self, key: str, record: str, ttl: float) -> bool:
-        """Store `record` under `key` for `ttl` seconds unless a record is in force there; whether it was."""
+    def add(self, key: str, record: str, ttl: float, quotas: Sequence[Quota] = ()) -> bool:
+        """Store `record` under `key` for `ttl` seconds unless a record is in force there, and count `quotas` with
+        it; whether it was stored. Raises OverQuota (nothing stored, nothing counted) when a quota is full."""
+
+    def count(self, quotas: Sequence[Quota]) -> None:
+        """Count `quotas` together; raises OverQuota (nothing counted) when one is full."""
 
     def get(self, key: str) -> str | None:
         """The record in force under `key`, or None."""

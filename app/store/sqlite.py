@@ -1,20 +1,32 @@
 """The store as a SQLite file in the state folder (WAL mode), shared by every process of the node."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from app import metrics
-from app.store.base import StoreError
+from app.store.base import OverQuota, Quota, StoreError
 
 log = logging.getLogger("app.store")
 
 LOCK_TIMEOUT = 1.0  # seconds a write waits for another process's transaction before the store counts as failed
 PURGE_BATCH = 16  # expired rows removed by each claim, so the file never grows without bound
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, record TEXT NOT NULL, expires REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (expires)",
+    # One row per count of a quota: the moving window is the rows of the last period.
+    "CREATE TABLE IF NOT EXISTS hits (quota TEXT NOT NULL, at REAL NOT NULL, expires REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS hits_by_quota ON hits (quota, at)",
+    "CREATE INDEX IF NOT EXISTS hits_by_expiry ON hits (expires)",
+)
+T = TypeVar("T")
 
 
 def _switch_to_wal(connection: sqlite3.Connection) -> None:
@@ -41,6 +53,9 @@ class SqliteStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._inode: int | None = None  # the file this process last opened
+        # One writer per process at a time: the others wait on this lock, which wakes them as soon as it is free,
+        # instead of in SQLite's busy handler, which sleeps 1, 2, 5, 10 ms... between tries.
+        self._writer = threading.Lock()
 
     def _file_inode(self) -> int | None:
         try:
@@ -61,9 +76,8 @@ class SqliteStore:
             _switch_to_wal(connection)
             connection.execute("PRAGMA synchronous=NORMAL")  # a power cut may forget a claim, never corrupt the file
             connection.execute("BEGIN IMMEDIATE")  # the schema in one write transaction
-            connection.execute("CREATE TABLE IF NOT EXISTS claims "
-                               "(key TEXT PRIMARY KEY, record TEXT NOT NULL, expires REAL NOT NULL)")
-            connection.execute("CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (expires)")
+            for statement in SCHEMA:
+                connection.execute(statement)
             connection.execute("COMMIT")
         except BaseException:
             connection.close()
@@ -82,55 +96,88 @@ class SqliteStore:
                         "(claims in the old one are forgotten)", self.description, extra={"fields": {
                             "event": "dedup_store_replaced", "store": self.description}})
 
-    def _run(self, statements: list[tuple[str, tuple[object, ...]]], write: bool = True) -> sqlite3.Cursor:
-        """Run the statements in one transaction; the cursor of the last. Any failure is a StoreError."""
-        try:
-            connection = self._connection()
+    def _run(self, transaction: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
+        """Run `transaction` on this thread's connection, in one write transaction when `write`; any failure of the
+        store is a StoreError, an OverQuota rolls it back."""
+        with self._writer if write else contextlib.nullcontext():
             try:
-                if write:
-                    # The write lock first, so that a busy file is waited for (up to LOCK_TIMEOUT) instead of
-                    # failing when another process wrote since this one read.
-                    connection.execute("BEGIN IMMEDIATE")
-                for sql, parameters in statements:
-                    cursor = connection.execute(sql, parameters)
-                if write:
-                    connection.execute("COMMIT")
-                return cursor
-            except BaseException:
-                self._local.connection = None  # the next use opens the file anew: it may have been mended
-                connection.close()
-                raise
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(str(exc)) from None
+                connection = self._connection()
+                try:
+                    if write:
+                        # The write lock first, so that a busy file is waited for (up to LOCK_TIMEOUT) instead of
+                        # failing when another process wrote since this one read.
+                        connection.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = transaction(connection)
+                    except OverQuota:
+                        connection.execute("ROLLBACK")
+                        raise
+                    if write:
+                        connection.execute("COMMIT")
+                    return result
+                except OverQuota:
+                    raise
+                except BaseException:
+                    self._local.connection = None  # the next use opens the file anew: it may have been mended
+                    connection.close()
+                    raise
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(str(exc)) from None
 
-    def add(self, key: str, record: str, ttl: float) -> bool:
-        """Insert the record, or take the place of an expired one, and purge a few other expired rows."""
-        now = time.time()
-        cursor = self._run([
-            ("DELETE FROM claims WHERE rowid IN (SELECT rowid FROM claims WHERE expires <= ? LIMIT ?)",
-             (now, PURGE_BATCH)),
-            ("INSERT INTO claims (key, record, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-             "record = excluded.record, expires = excluded.expires WHERE claims.expires <= ?",
-             (key, record, now + ttl, now)),
-        ])
-        return cursor.rowcount == 1
+    def add(self, key: str, record: str, ttl: float, quotas: Sequence[Quota] = ()) -> bool:
+        """Insert the record, or take the place of an expired one, and count the quotas, in one transaction."""
+        def transaction(connection: sqlite3.Connection) -> bool:
+            now = _purge(connection)
+            if connection.execute("SELECT 1 FROM claims WHERE key = ? AND expires > ?", (key, now)).fetchone():
+                return False
+            _count(connection, quotas, now)
+            connection.execute("INSERT INTO claims (key, record, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+                               "SET record = excluded.record, expires = excluded.expires", (key, record, now + ttl))
+            return True
+        return self._run(transaction)
+
+    def count(self, quotas: Sequence[Quota]) -> None:
+        """Count the quotas in one transaction."""
+        self._run(lambda connection: _count(connection, quotas, _purge(connection)))
 
     def get(self, key: str) -> str | None:
         """The record under `key` unless it expired."""
-        row = self._run([("SELECT record FROM claims WHERE key = ? AND expires > ?", (key, time.time()))],
-                        write=False).fetchone()
+        row = self._run(lambda connection: connection.execute(
+            "SELECT record FROM claims WHERE key = ? AND expires > ?", (key, time.time())).fetchone(), write=False)
         return row[0] if row else None
 
     def swap(self, key: str, old: str, new: str | None, ttl: float) -> bool:
         """Compare and replace (or remove) in one statement."""
-        statement: tuple[str, tuple[object, ...]]
+        parameters: tuple[object, ...]
         if new is None:
-            statement = ("DELETE FROM claims WHERE key = ? AND record = ?", (key, old))
+            sql, parameters = "DELETE FROM claims WHERE key = ? AND record = ?", (key, old)
         else:
-            statement = ("UPDATE claims SET record = ?, expires = ? WHERE key = ? AND record = ?",
-                         (new, time.time() + ttl, key, old))
-        return self._run([statement]).rowcount == 1
+            sql, parameters = ("UPDATE claims SET record = ?, expires = ? WHERE key = ? AND record = ?",
+                               (new, time.time() + ttl, key, old))
+        return self._run(lambda connection: connection.execute(sql, parameters).rowcount == 1)
 
     def check(self) -> None:
         """One read of the file."""
-        self._run([("SELECT 1 FROM claims LIMIT 1", ())], write=False).fetchone()
+        self._run(lambda connection: connection.execute("SELECT 1 FROM claims LIMIT 1").fetchone(), write=False)
+
+
+def _purge(connection: sqlite3.Connection) -> float:
+    """Remove a few expired claims and counts, so that the file never grows without bound; the time now."""
+    now = time.time()
+    connection.execute("DELETE FROM claims WHERE rowid IN (SELECT rowid FROM claims WHERE expires <= ? LIMIT ?)",
+                       (now, PURGE_BATCH))
+    connection.execute("DELETE FROM hits WHERE rowid IN (SELECT rowid FROM hits WHERE expires <= ? LIMIT ?)",
+                       (now, PURGE_BATCH))
+    return now
+
+
+def _count(connection: sqlite3.Connection, quotas: Sequence[Quota], now: float) -> None:
+    """Count each quota once, or raise OverQuota for the first that is full (the caller rolls back)."""
+    for quota in quotas:
+        window = [at for (at,) in connection.execute(
+            "SELECT at FROM hits WHERE quota = ? AND at > ? ORDER BY at", (quota.key, now - quota.period))]
+        if len(window) >= quota.limit:
+            # Room comes when the count that brings it back under the limit leaves the window.
+            raise OverQuota(quota, window[len(window) - quota.limit] + quota.period - now)
+    connection.executemany("INSERT INTO hits (quota, at, expires) VALUES (?, ?, ?)",
+                           [(quota.key, now, now + quota.period) for quota in quotas])

@@ -22,7 +22,8 @@ def note(**fields: Any) -> None:
 def _log_request(response: Response) -> Response:
     fields = g.get("log_fields", {})
     if request.endpoint == "email_api.submit":
-        metrics.labelled(metrics.REQUESTS, fields.get("service", "email"), fields.get("outcome", "error")).inc()
+        metrics.labelled(metrics.REQUESTS, fields.get("resolved_service", "email"),
+                         fields.get("outcome", "error")).inc()
         RECENT.outcome(fields.get("outcome", "error"))
         for code in fields.get("error_codes", ()):
             metrics.labelled(metrics.ERRORS, str(code)).inc()

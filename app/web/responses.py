@@ -40,7 +40,8 @@ def render_error(error: Exception) -> Response:
     elif not isinstance(error, ApiError):
         log.exception("unexpected error", extra={"fields": {"event": "unexpected_error"}})
         error = ApiError([Problem(INTERNAL_ERROR, "An unexpected error occurred.")], outcome="error")
-    note(outcome=error.outcome, status_code=error.status_code, error_codes=[p.code for p in error.problems])
+    note(outcome=error.outcome, status_code=error.status_code, error_codes=[p.code for p in error.problems],
+         **error.log_fields)
     if getattr(error, "reply_code", None) is not None:
         note(smtp_reply=error.reply_code)  # type: ignore[attr-defined]
     return json_response(error.body(), error.http_status, error.headers)

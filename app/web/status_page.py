@@ -55,7 +55,9 @@ def _shown(key: str, value: Any) -> str:
         if split.password:
             value = urlunsplit(split._replace(netloc=f":{SECRET}@{split.hostname}:{split.port}"))
     if isinstance(value, tuple):
-        return ", ".join(value) or '""'
+        return ", ".join(map(str, value)) or '""'
+    if value is None:  # a quota that is off
+        return "0"
     return str(value) if value != "" else '""'
 
 
