@@ -109,10 +109,12 @@ class Claim:
     record: str = ""  # the record this form wrote, or tried to write, under `key`
     window: float = 0.0
 
-    def write(self, record: str) -> str:
-        """Take `record` as this form's (before it is written: a write that times out may still land)."""
-        self.record, self.interaction_id = record, json.loads(record)["id"]
-        return record
+    def write(self, interaction_id: str, until: float) -> str:
+        """The pending record of this form under `interaction_id`, taken as its own before it is written (a write
+        that times out may still land)."""
+        self.interaction_id = interaction_id
+        self.record = _record(PENDING, interaction_id, self.fingerprint, until)
+        return self.record
 
     def announce(self) -> None:
         """Log the interaction id before the message goes out: after a crash, the log names what the relay may hold."""
@@ -137,7 +139,7 @@ class Claim:
         else:
             new = None
         try:
-            self.store.swap(self.key, self.record, new, self.window)
+            self.store.settle(self.key, self.record, new, self.window)
         except StoreError as exc:
             _store_failed(self.store.description, "settle a claim", exc)
 
@@ -205,8 +207,7 @@ def _claim(claimed: Claim, bound: float, quotas: Sequence[Quota]) -> None:
     assert store is not None
     patience = time.monotonic() + bound
     while True:
-        record = claimed.write(_record(PENDING, claimed.interaction_id, form, time.time() + bound))
-        if store.add(key, record, ttl, quotas):
+        if store.add(key, claimed.write(claimed.interaction_id, time.time() + bound), ttl, quotas):
             return
         current = store.get(key)
         if current is None:  # settled as not delivered, or expired, meanwhile
@@ -223,6 +224,6 @@ def _claim(claimed: Claim, bound: float, quotas: Sequence[Quota]) -> None:
             continue
         # Ambiguous, or pending past its bound (its process died): deliver again under the same id and Message-ID.
         again = first["id"] if first is not None else claimed.interaction_id
-        if store.swap(key, current, claimed.write(_record(PENDING, again, form, time.time() + bound)), ttl):
+        if store.swap(key, current, claimed.write(again, time.time() + bound), ttl):
             claimed.resend = first is not None
             return

@@ -16,31 +16,28 @@ QUOTAS = ("client", "sender")
 metrics.start_at_zero(metrics.LIMITED, QUOTAS)
 
 
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
 def client_key(address: str) -> str:
     """What one client is: its address, an IPv6 client's /64 (one customer's line holds a whole /64)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+    ip = _address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
-
-
-def exempt(address: str, limits: LimitsOptions) -> bool:
-    """Whether `address` is one of `[limits] exempt`: the service's own back ends have no quota."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in limits.exempt)
+    return str(ip or address)
 
 
 def quotas_for(client: str, sender: str, limits: LimitsOptions) -> list[Quota]:
-    """The quotas a form from `client` (its address as [server] proxy_hops gives it) and `sender` counts against."""
-    if exempt(client, limits):
+    """The quotas a form from `client` (its address as [server] proxy_hops gives it) and `sender` counts against;
+    none for a client of `[limits] exempt`, the service's own back ends."""
+    if limits.per_client is None and limits.per_sender is None:
+        return []
+    if limits.exempt and any(_address(client) in network for network in limits.exempt):
         return []
     found = []
     if limits.per_client is not None:

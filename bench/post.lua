@@ -1,5 +1,6 @@
 -- wrk script: POST the body in $BENCH_BODY with $BENCH_CONTENT_TYPE; count statusCode 0 answers;
--- print one JSON line of figures at the end.
+-- print one JSON line of figures at the end. With $BENCH_VARY (an urlencoded body), every form is different and
+-- comes from another client and sender: a userData pair, the fromAddress and X-Forwarded-For change each time.
 local file = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = file:read("*a")
@@ -7,13 +8,27 @@ file:close()
 wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
 
 local threads = {}
+local vary = os.getenv("BENCH_VARY")  -- a number of its own for each run, so that no run repeats another's forms
 
 function setup(thread)
   table.insert(threads, thread)
+  thread:set("id", #threads)
 end
 
 function init(args)
   delivered = 0
+  sent = 0
+end
+
+if vary then
+  function request()
+    sent = sent + 1
+    local n = (tonumber(vary) % 100000) * 100000000 + id * 10000000 + sent
+    local body = string.gsub(wrk.body, "fromAddress=", "fromAddress=n" .. n .. ".", 1) .. "&userData=n%3D" .. n
+    local client = string.format("10.%d.%d.%d", n % 250, math.floor(n / 250) % 250, math.floor(n / 62500) % 250 + 1)
+    return wrk.format("POST", nil, {["Content-Type"] = wrk.headers["Content-Type"], ["X-Forwarded-For"] = client},
+                      body)
+  end
 end
 
 function response(status, headers, body)

@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -27,6 +28,8 @@ TARGETS = "w1 A/N >= 1.3, w1 A/H >= 0.3, w2 A/N >= 1.2, w1 A p99 <= 50 ms, w3 A 
 
 
 FIELDS = {**GOOD_FORM, "userData": "order=A-17"}
+# What the shipped options.ini turns on for strangers and resends (--shipped).
+SHIPPED = {"email": "duplicate_window = 10m\n", "extra": "[limits]\nper_client = 30/h\nper_sender = 10/h\n"}
 
 
 def workloads(folder: Path) -> dict[str, tuple[Path, str]]:
@@ -42,18 +45,19 @@ def workloads(folder: Path) -> dict[str, tuple[Path, str]]:
 
 
 def server(name: str, folder: Path, smtp_port: int, workers: int = 2, root: Path = ROOT,
-           extra: str = "") -> Gunicorn:
-    """One of A, N, H under gunicorn with the deploy configuration; A from `root` (a checkout), with `extra`
-    lines in its options file; its output in a file of `folder`."""
+           extra: str = "", email: str = "") -> Gunicorn:
+    """One of A, N, H under gunicorn with the deploy configuration; A from `root` (a checkout), with `email` lines in
+    the [email] section of its options file and `extra` sections after; its output in a file of `folder`."""
     options = folder / "options.ini"
-    options.write_text(f"[email]\nmailbox = support@example.com\n[smtp]\nport = {smtp_port}\n{extra}")
+    options.write_text(f"[email]\nmailbox = support@example.com\n{email}[smtp]\nport = {smtp_port}\n{extra}")
     return Gunicorn(options, folder / f"server-{name}", workers=workers, app=APPS[name], root=root,
                     environment={"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port)},
                     log_file=folder / f"gunicorn-{name}.log")
 
 
-def wrk(port: int, body: Path, content_type: str, seconds: float, connections: int) -> dict:
-    environment = {**os.environ, "BENCH_BODY": str(body), "BENCH_CONTENT_TYPE": content_type}
+def wrk(port: int, body: Path, content_type: str, seconds: float, connections: int, vary: bool = False) -> dict:
+    environment = {**os.environ, "BENCH_BODY": str(body), "BENCH_CONTENT_TYPE": content_type,
+                   **({"BENCH_VARY": str(time.time_ns() // 1000)} if vary else {})}
     output = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
          "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{port}/genesys/2/email/support"],
@@ -90,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
                         "alternating rounds (w1, w2)")
     parser.add_argument("--scan", action="store_true", help="instead: A with and without [scan] clamd (a real "
                         "clamd), in alternating rounds (w2)")
+    parser.add_argument("--shipped", action="store_true", help="instead: A with the shipped duplicate window and "
+                        "quotas against A without them, every form different (w1d), in alternating rounds")
+    parser.add_argument("--spam", action="store_true", help="instead: A with and without [spam] rspamd (a real "
+                        "rspamd), in alternating rounds (w1)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="email-api-bench-") as name:
         folder = Path(name)
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         sink = subprocess.Popen([system_program("smtp-sink") or "smtp-sink", *as_root, f"127.0.0.1:{smtp_port}", "256"])
         try:
             wait_for_port(smtp_port, sink)
-            if args.compare or args.scan:
+            if args.compare or args.scan or args.shipped or args.spam:
                 print(alternate(folder, smtp_port, args))
                 return 0
             runs = measure_throughput(folder, smtp_port, args)
@@ -114,12 +122,22 @@ def alternate(folder: Path, smtp_port: int, args: argparse.Namespace) -> str:
     """Two variants of A in alternating rounds, so that the machine's drift hits both alike: A at another revision
     (a temporary git worktree) and A here, or A without and with virus scanning."""
     from bench.clamd import Clamd
+    from bench.rspamd import Rspamd
 
     bodies = workloads(folder)
+    bodies["w1d"] = bodies["w1"]  # w1 with every form different (post.lua's BENCH_VARY)
     variants: dict[str, dict] = {}
-    clamd = worktree = None
+    clamd = worktree = rspamd = None
     try:
-        if args.compare:
+        if args.shipped:
+            hops = "[server]\nproxy_hops = 1\n"
+            variants = {"without": {"extra": hops}, "shipped": {**SHIPPED, "extra": SHIPPED["extra"] + hops}}
+            names: tuple[str, ...] = ("w1d",)
+        elif args.spam:
+            rspamd = Rspamd()
+            variants = {"spam off": {}, "spam on": {"extra": f"[spam]\nrspamd = {rspamd.address}\n"}}
+            names = ("w1",)
+        elif args.compare:
             worktree = folder / "worktree"
             subprocess.run(["git", "worktree", "add", "--detach", "-q", str(worktree), args.compare], cwd=ROOT,
                            check=True)
@@ -130,30 +148,39 @@ def alternate(folder: Path, smtp_port: int, args: argparse.Namespace) -> str:
             variants = {"scan off": {}, "scan on": {"extra": f"[scan]\nclamd = {clamd.socket}\n"}}
             names = ("w2",)
         rates: dict[tuple[str, str], list[float]] = {}
+        p99: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.repeats):
             for variant, settings in variants.items():
                 node = server("A", folder, smtp_port, **settings)
                 try:
                     for workload in names:
                         body, content_type = bodies[workload]
-                        wrk(node.port, body, content_type, 1, args.connections)  # warm up
-                        result = wrk(node.port, body, content_type, args.seconds, args.connections)
+                        vary = workload == "w1d"
+                        wrk(node.port, body, content_type, 1, args.connections, vary)  # warm up
+                        result = wrk(node.port, body, content_type, args.seconds, args.connections, vary)
+                        assert result["delivered"] == result["requests"], result  # every answer a delivery
                         rates.setdefault((workload, variant), []).append(result["requests"] / result["seconds"])
+                        p99.setdefault((workload, variant), []).append(result["p99_ms"])
                 finally:
                     node.stop()
     finally:
         if clamd is not None:
             clamd.stop()
+        if rspamd is not None:
+            rspamd.stop()
         if worktree is not None:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
     first, second = variants
     lines = [f"{args.repeats} alternating rounds of {args.seconds:g} s, {args.connections} connections; medians "
-             "(rounds)", "", f"| workload | {first} req/s | {second} req/s | {second} / {first} |", "|---|---|---|---|"]
+             "(rounds)", "", f"| workload | {first} req/s | {second} req/s | {second} / {first} | {first} p99 ms | "
+             f"{second} p99 ms |", "|---|---|---|---|---|---|"]
     for workload in names:
         a, b = (statistics.median(rates[(workload, v)]) for v in (first, second))
         spread = " ".join(f"{r:.0f}" for r in rates[(workload, first)]), " ".join(
             f"{r:.0f}" for r in rates[(workload, second)])
-        lines.append(f"| {workload} | {a:.0f} ({spread[0]}) | {b:.0f} ({spread[1]}) | {b / a:.2f} |")
+        latency = [statistics.median(p99[(workload, v)]) for v in (first, second)]
+        lines.append(f"| {workload} | {a:.0f} ({spread[0]}) | {b:.0f} ({spread[1]}) | {b / a:.2f} | "
+                     f"{latency[0]:.1f} | {latency[1]:.1f} |")
     return "\n".join(lines)
 
 

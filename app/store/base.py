@@ -53,5 +53,8 @@ class Store(Protocol):
     def swap(self, key: str, old: str, new: str | None, ttl: float) -> bool:
         """Replace `old` under `key` by `new` (None removes it) for `ttl` seconds if `old` is still in force."""
 
+    def settle(self, key: str, old: str, new: str | None, ttl: float) -> None:
+        """`swap` once the store can, without waiting for it: a claim's outcome after its delivery."""
+
     def check(self) -> None:
         """Reach the store once, raising StoreError when it cannot be used (the probes)."""

@@ -110,6 +110,10 @@ class RedisStore:
         except (redis.RedisError, OSError) as exc:
             raise self._fail(exc) from None
 
+    def settle(self, key: str, old: str, new: str | None, ttl: float) -> None:
+        """The swap, at once: one round trip, and every node must see it."""
+        self.swap(key, old, new, ttl)
+
     def check(self) -> None:
         """PING."""
         try:

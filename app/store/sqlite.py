@@ -9,15 +9,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app import metrics
 from app.store.base import OverQuota, Quota, StoreError
+from app.store.sqlite_writes import LOCK_TIMEOUT, Settler, WriteLock
 
 log = logging.getLogger("app.store")
 
-LOCK_TIMEOUT = 1.0  # seconds a write waits for another process's transaction before the store counts as failed
-PURGE_BATCH = 16  # expired rows removed by each claim, so the file never grows without bound
+CHECKPOINT_EVERY = 1.0  # seconds between checkpoints of the write-ahead log into the file
+CHECKPOINT = object()  # queued for the settler when a checkpoint is due
+PURGE_EVERY, PURGE_BATCH = 8, 64  # every 8th write removes up to 64 expired rows of each table: no endless growth
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, record TEXT NOT NULL, expires REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (expires)",
@@ -53,9 +55,10 @@ class SqliteStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._inode: int | None = None  # the file this process last opened
-        # One writer per process at a time: the others wait on this lock, which wakes them as soon as it is free,
-        # instead of in SQLite's busy handler, which sleeps 1, 2, 5, 10 ms... between tries.
-        self._writer = threading.Lock()
+        self._writer = WriteLock(f"{path}.lock")
+        self._writes = 0
+        self._settler = Settler(self._settle_all)
+        self._checkpointed = time.monotonic()
 
     def _file_inode(self) -> int | None:
         try:
@@ -75,6 +78,9 @@ class SqliteStore:
         try:
             _switch_to_wal(connection)
             connection.execute("PRAGMA synchronous=NORMAL")  # a power cut may forget a claim, never corrupt the file
+            # No checkpoint in a request's commit (its fsyncs held every writer of the node up): the settler thread
+            # checkpoints, outside the write lock.
+            connection.execute("PRAGMA wal_autocheckpoint=0")
             connection.execute("BEGIN IMMEDIATE")  # the schema in one write transaction
             for statement in SCHEMA:
                 connection.execute(statement)
@@ -99,7 +105,7 @@ class SqliteStore:
     def _run(self, transaction: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
         """Run `transaction` on this thread's connection, in one write transaction when `write`; any failure of the
         store is a StoreError, an OverQuota rolls it back."""
-        with self._writer if write else contextlib.nullcontext():
+        with self._writer.held() if write else contextlib.nullcontext():
             try:
                 connection = self._connection()
                 try:
@@ -114,6 +120,8 @@ class SqliteStore:
                         raise
                     if write:
                         connection.execute("COMMIT")
+                        if time.monotonic() - self._checkpointed >= CHECKPOINT_EVERY:
+                            self._settler.put(CHECKPOINT)
                     return result
                 except OverQuota:
                     raise
@@ -127,18 +135,23 @@ class SqliteStore:
     def add(self, key: str, record: str, ttl: float, quotas: Sequence[Quota] = ()) -> bool:
         """Insert the record, or take the place of an expired one, and count the quotas, in one transaction."""
         def transaction(connection: sqlite3.Connection) -> bool:
-            now = _purge(connection)
-            if connection.execute("SELECT 1 FROM claims WHERE key = ? AND expires > ?", (key, now)).fetchone():
-                return False
-            _count(connection, quotas, now)
-            connection.execute("INSERT INTO claims (key, record, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
-                               "SET record = excluded.record, expires = excluded.expires", (key, record, now + ttl))
+            now = self._now_purged(connection)
+            if connection.execute("INSERT INTO claims (key, record, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO "
+                                  "UPDATE SET record = excluded.record, expires = excluded.expires "
+                                  "WHERE claims.expires <= ?", (key, record, now + ttl, now)).rowcount != 1:
+                return False  # a claim in force: nothing counted
+            _count(connection, quotas, now)  # over a quota: the claim is rolled back with the count
             return True
         return self._run(transaction)
 
     def count(self, quotas: Sequence[Quota]) -> None:
         """Count the quotas in one transaction."""
-        self._run(lambda connection: _count(connection, quotas, _purge(connection)))
+        self._run(lambda connection: _count(connection, quotas, self._now_purged(connection)))
+
+    def _now_purged(self, connection: sqlite3.Connection) -> float:
+        """The time now; every PURGE_EVERY-th write of the process also removes expired rows."""
+        self._writes += 1
+        return _purge(connection) if self._writes % PURGE_EVERY == 0 else time.time()
 
     def get(self, key: str) -> str | None:
         """The record under `key` unless it expired."""
@@ -155,6 +168,28 @@ class SqliteStore:
             sql, parameters = ("UPDATE claims SET record = ?, expires = ? WHERE key = ? AND record = ?",
                                (new, time.time() + ttl, key, old))
         return self._run(lambda connection: connection.execute(sql, parameters).rowcount == 1)
+
+    def settle(self, key: str, old: str, new: str | None, ttl: float) -> None:
+        """Queue the swap for the settler, which writes every queued settle in one transaction."""
+        self._settler.put((key, old, new, ttl))
+
+    def _settle_all(self, queued: list[Any]) -> None:
+        """The settler's work: the queued settles in one transaction, then a checkpoint when one is due."""
+        swaps = [swap for swap in queued if swap is not CHECKPOINT]
+        if swaps:
+            self._run(lambda connection: self._write_settles(connection, swaps))
+        if time.monotonic() - self._checkpointed >= CHECKPOINT_EVERY:
+            self._checkpointed = time.monotonic()
+            # PASSIVE: copies what it can into the file without waiting for readers or writers.
+            self._run(lambda connection: connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone(), write=False)
+
+    @staticmethod
+    def _write_settles(connection: sqlite3.Connection, swaps: list[tuple[str, str, str | None, float]]) -> None:
+        now = time.time()
+        connection.executemany("DELETE FROM claims WHERE key = ? AND record = ?",
+                               [(key, old) for key, old, new, _ in swaps if new is None])
+        connection.executemany("UPDATE claims SET record = ?, expires = ? WHERE key = ? AND record = ?",
+                               [(new, now + ttl, key, old) for key, old, new, ttl in swaps if new is not None])
 
     def check(self) -> None:
         """One read of the file."""
@@ -174,10 +209,12 @@ def _purge(connection: sqlite3.Connection) -> float:
 def _count(connection: sqlite3.Connection, quotas: Sequence[Quota], now: float) -> None:
     """Count each quota once, or raise OverQuota for the first that is full (the caller rolls back)."""
     for quota in quotas:
-        window = [at for (at,) in connection.execute(
-            "SELECT at FROM hits WHERE quota = ? AND at > ? ORDER BY at", (quota.key, now - quota.period))]
-        if len(window) >= quota.limit:
+        since = now - quota.period
+        [(counted,)] = connection.execute("SELECT count(*) FROM hits WHERE quota = ? AND at > ?", (quota.key, since))
+        if counted >= quota.limit:
             # Room comes when the count that brings it back under the limit leaves the window.
-            raise OverQuota(quota, window[len(window) - quota.limit] + quota.period - now)
+            [(at,)] = connection.execute("SELECT at FROM hits WHERE quota = ? AND at > ? ORDER BY at LIMIT 1 OFFSET ?",
+                                         (quota.key, since, counted - quota.limit))
+            raise OverQuota(quota, at + quota.period - now)
     connection.executemany("INSERT INTO hits (quota, at, expires) VALUES (?, ?, ?)",
                            [(quota.key, now, now + quota.period) for quota in quotas])
