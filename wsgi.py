@@ -2,9 +2,15 @@
 import logging
 import sys
 
-from app import create_app
-from app.options.model import OptionsError
-from app.store.folder import StateFolderError
+from app.store.folder import StateFolderError, use_own_metrics_folder
+
+try:  # before prometheus_client is imported: without PROMETHEUS_MULTIPROC_DIR, /metrics is still the node's
+    use_own_metrics_folder()
+except StateFolderError:
+    pass  # reported by create_app(), which needs the folder too
+
+from app import create_app  # noqa: E402
+from app.options.model import OptionsError  # noqa: E402
 
 # gunicorn's code for "worker failed to boot": the arbiter stops instead of respawning workers forever.
 WORKER_BOOT_ERROR = 3

@@ -35,6 +35,13 @@ class Deadlines:
         self._lock = threading.Lock()
         self._watches: set[Watch] = set()
         self._pid = 0
+        # A fork never copies the lock while this process's thread holds it: the child would wait on it forever.
+        os.register_at_fork(before=self._lock.acquire, after_in_parent=self._lock.release,
+                            after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._pid, self._watches = 0, set()
 
     def cut_off(self, sock: socket.socket, at: float) -> Watch:
         """A context manager that shuts `sock` down if its block has not ended by `at` (a time.monotonic() value)."""

@@ -15,11 +15,16 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 REQUESTS = Counter("email_requests", "Email API requests by service and outcome", ["service", "outcome"])
+# Every outcome of a request's log line, and so of email_requests_total and the status page's last hour.
+OUTCOMES = ("delivered", "duplicate", "retry", "ambiguous", "refused", "rejected", "limited", "quarantined", "infected",
+            "scan_failed", "error")
 ERRORS = Counter("email_errors", "Error codes answered", ["code"])
 SMTP_SECONDS = Histogram("email_smtp_round_trip_seconds", "Time from connecting to the relay to its last reply",
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
@@ -37,6 +42,12 @@ DEDUP_STORE_ERRORS = Counter("email_dedup_store_errors", "Failures of the duplic
 SCANS = Counter("email_scans", "Virus scans of a request's attachments, by result", ["result"])
 LIMITED = Counter("email_limited", "Forms refused over a quota (429), by quota", ["quota"])
 SPAM_CHECKS = Counter("email_spam_checks", "rspamd's verdicts on the emails, by action (error: no verdict)", ["action"])
+# Digests of options texts are shown by their first 12 hex digits everywhere: metrics, headers, the page, the log.
+DIGEST_LENGTH = 12
+# 0 while a process serves older options than the file on disk, whose edit was refused: a restart would fail.
+FILE_VALID = Gauge("email_options_file_valid", "1 while options.ini on disk is the file in force, 0 while an edit "
+                   "of it is refused (the newest good options are served; a restart would fail)",
+                   multiprocess_mode="livemin")
 RELOADS = Counter("email_options_reloads", "Reloads of options.ini by result", ["result"])
 # One sample per live process (label pid in multiprocess mode), so that a worker serving older options shows.
 OPTIONS_VERSION = Gauge("email_options_version", "Version of the options in force in this process (node-wide numbers)",
@@ -51,6 +62,13 @@ def start_at_zero(metric: Any, values: tuple[str, ...]) -> None:
     """Create `metric`'s series at 0 for each label value, so that an alert on its increase fires at the first."""
     for value in values:
         labelled(metric, value)
+
+
+def start_requests_at_zero(services: list[str]) -> None:
+    """email_requests_total at 0 for each service section and outcome."""
+    for service in services:
+        for outcome in OUTCOMES:
+            labelled(REQUESTS, service, outcome)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -70,21 +88,64 @@ class _SizedFilesCollector(multiprocess.MultiProcessCollector):
     def collect(self):  # untyped, as the library's
         files = []
         for name in glob.glob(os.path.join(self.folder, "*.db")):
+            # The gauges of live processes only: a dead worker's count of them is gone with it, whether or not
+            # gunicorn's child_exit hook told prometheus_client (without the deploy config, nothing does).
+            live = re.fullmatch(r"gauge_live\w+_(\d+)\.db", os.path.basename(name))
+            if live and not _running(int(live[1])):
+                continue
             with contextlib.suppress(OSError):  # a dead process's file removed meanwhile
                 if os.path.getsize(name) > 0:
                     files.append(name)
         return self.merge(files, accumulate=True)
 
 
-def exposition(folder: str | None = None) -> tuple[bytes, str]:
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+class _Samples:
+    """A collector of metric families made for one scrape (the node's build, its latest probes)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        """The families."""
+        return self.families
+
+
+def exposition(folder: str | None = None, extra: list[Metric] | None = None) -> tuple[bytes, str]:
     """The metrics page and its content type, merged over all workers in multiprocess mode (the files of
-    `folder`, by default PROMETHEUS_MULTIPROC_DIR's)."""
+    `folder`, by default PROMETHEUS_MULTIPROC_DIR's), with the `extra` families."""
     folder = folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    page = generate_latest(REGISTRY)
     if folder:
         registry = CollectorRegistry()
         _SizedFilesCollector(registry, folder)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        page = generate_latest(registry)
+    if extra:
+        registry = CollectorRegistry()
+        registry.register(_Samples(extra))
+        page += generate_latest(registry)
+    return page, CONTENT_TYPE_LATEST
+
+
+def node_families(version: str, commit: str, node: str, probes: dict[str, dict[str, Any]]) -> list[Metric]:
+    """email_build_info and email_dependency_up, as the node is now."""
+    build = GaugeMetricFamily("email_build_info", "1, with the version, git commit and node name of what runs",
+                              labels=["version", "commit", "node"])
+    build.add_metric([version, commit, node], 1)
+    up = GaugeMetricFamily("email_dependency_up", "1 when the node's last probe of a dependency in use reached it, "
+                           "0 when not ([server] probe_interval)", labels=["dependency"])
+    for name, result in probes.items():
+        up.add_metric([name], 1 if result.get("up") else 0)
+    return [build, up]
 
 
 def options_versions() -> dict[str, float]:

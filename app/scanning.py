@@ -58,6 +58,15 @@ def _session(address: str, deadline: float) -> Iterator[socket.socket]:
             raise ScanFailed(f"clamd at {address} broke the connection: {exc.strerror or exc}") from None
 
 
+def ping(address: str, timeout: float) -> None:
+    """clamd's PING, answered PONG; raises ScanFailed otherwise (the probes)."""
+    with _session(address, time.monotonic() + timeout) as sock:
+        sock.sendall(b"zPING\0")
+        reply = _reply(sock)
+    if reply != "PONG":
+        raise ScanFailed(f"clamd at {address} answered {reply[:40]!r} to PING")
+
+
 def _reply(sock: socket.socket) -> str:
     """One NUL-terminated reply, without its session number ("1: stream: OK" → "stream: OK")."""
     data = b""
@@ -66,7 +75,8 @@ def _reply(sock: socket.socket) -> str:
         if not chunk or len(data) > MAX_REPLY:
             raise ConnectionResetError("clamd closed the connection")
         data += chunk
-    return data[:-1].decode("utf-8", "replace").partition(": ")[2]
+    reply = data[:-1].decode("utf-8", "replace")
+    return reply.partition(": ")[2] if ": " in reply else reply
 
 
 def _scan_one(sock: socket.socket, attachment: Attachment) -> str:

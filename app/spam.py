@@ -76,6 +76,21 @@ def _ask(email: OutgoingEmail, client: str, spam: SpamOptions) -> Verdict:
     return verdict
 
 
+def ping(address: str, timeout: float) -> None:
+    """rspamd's GET /ping, answered pong; raises SpamCheckFailed otherwise (the probes)."""
+    host, port = _split(address)
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/ping")
+        answer = connection.getresponse().read(64).strip()
+    except (OSError, http.client.HTTPException) as exc:
+        raise SpamCheckFailed(f"rspamd at {address} cannot be used: {exc}") from None
+    finally:
+        connection.close()
+    if answer != b"pong":
+        raise SpamCheckFailed(f"rspamd at {address} answered {answer[:40]!r} to /ping")
+
+
 def check_spam(email: OutgoingEmail, client: str, spam: SpamOptions) -> Verdict | None:
     """rspamd's verdict on the email when `[spam] rspamd` is set; None when off or when rspamd gave none (logged)."""
     if not spam.rspamd:

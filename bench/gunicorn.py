@@ -53,13 +53,15 @@ class Gunicorn:
 
     def __init__(self, options: Path, folder: Path, arguments: tuple[str, ...] = DEPLOY_CONFIG,
                  environment: dict[str, str] | None = None, workers: int = 2, app: str = "wsgi:app",
-                 root: Path = ROOT, log_file: Path | None = None) -> None:
+                 root: Path = ROOT, log_file: Path | None = None, metrics_folder: bool = True) -> None:
         self.port, self.workers_wanted, self.log_file = free_port(), workers, log_file
         (folder / "metrics").mkdir(parents=True, exist_ok=True)
         (folder / "state").mkdir(mode=0o700, exist_ok=True)
         environment = {**os.environ, "OPTIONS_FILE": str(options), "GUNICORN_BIND": f"127.0.0.1:{self.port}",
                        "GUNICORN_WORKERS": str(workers), "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
                        "EMAIL_API_STATE_DIR": str(folder / "state"), **(environment or {})}
+        if not metrics_folder:  # as `gunicorn -w 2 wsgi:app` runs without the deploy configuration
+            del environment["PROMETHEUS_MULTIPROC_DIR"]
         output: Any = subprocess.PIPE if log_file is None else open(log_file, "ab")  # the child has its own copy
         try:
             self.process = subprocess.Popen(self.command(arguments, self.port, app), cwd=root, env=environment,
@@ -102,11 +104,17 @@ class Gunicorn:
     def post(self, body: bytes, headers: dict[str, str], path: str = "/genesys/2/email/support",
              timeout: float = 60) -> tuple[int, dict[str, Any]]:
         """POST and return the HTTP status and the JSON answer; a client timeout raises TimeoutError."""
+        status, _, answer = self.request("POST", path, body, headers, timeout)
+        return status, json.loads(answer)
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                timeout: float = 60) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """Any request: the HTTP status, headers and body of the answer."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            connection.request("POST", path, body, headers)
+            connection.request(method, path, body, headers or {})
             response = connection.getresponse()
-            return response.status, json.loads(response.read())
+            return response.status, response.headers, response.read()
         finally:
             connection.close()
 

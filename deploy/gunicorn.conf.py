@@ -25,6 +25,17 @@ keepalive = 5
 accesslog = None
 errorlog = "-"
 capture_output = True
+# gunicorn's own lines (start, workers booting and exiting, errors) as JSON too, like the service's: one stream of
+# one format for the journal and any log shipper. The service's own loggers propagate to the root's handler.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
+    "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": ["json"]},
+    "loggers": {"gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+                "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False}},
+}
 
 # gunicorn 25.1+ opens a control socket for gunicornc under $HOME, which the service user may not have.
 control_socket_disable = True

@@ -234,7 +234,9 @@ class OptionsFile:
             "email": {"mailbox": "support@example.com", "tenant": "Environment"},
             "email.sales": {"mailbox": "sales@example.com", "max_files": "3"},
             "smtp": {"host": "127.0.0.1", "port": str(smtp_port), "timeout": "10", "helo_name": "gms.test"},
-            "server": {"reload_interval": "0", "status_file": str(path.with_name("node.status"))},
+            # No probes unless a test turns them on: they would open sessions with the test relay.
+            "server": {"reload_interval": "0", "status_file": str(path.with_name("node.status")),
+                       "probe_interval": "0"},
         }
         self.write()
 

@@ -2,8 +2,11 @@
 about every process, idle ones too, and one JSON line per request."""
 from __future__ import annotations
 
+import base64
 import json
+import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -73,3 +76,71 @@ def test_the_log_stream_holds_one_json_line_per_request_and_no_access_line(tmp_p
     about_the_post = [line for line in log.splitlines() if "/genesys/2/email/support" in line]
     assert about_the_post and all(json.loads(line)["event"] == "request" for line in about_the_post), about_the_post
     assert [json.loads(line)["interaction_id"] for line in about_the_post] == [answer["interactionId"]]
+
+
+ADMIN = {"Authorization": "Basic " + base64.b64encode(b"ops:secret").decode(), "Accept": "application/json"}
+
+
+def last_hour(node) -> dict[str, int]:
+    status, _, body = node.request("GET", "/genesys/1/admin/", headers=ADMIN)
+    assert status == 200, body
+    return json.loads(body)["last_hour"]
+
+
+def last_hour_once(node, wanted) -> dict[str, int]:
+    """The page's last hour once `wanted(counts)` holds: each process writes its counts within a second."""
+    deadline = time.monotonic() + 30
+    while not wanted(counts := last_hour(node)):
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.1)
+    return counts
+
+
+def test_the_last_hour_counts_every_process_and_survives_a_hup_and_a_restart(tmp_path, options_file):
+    options_file.write(admin={"username": "ops", "password": "secret"})
+    node = Gunicorn(options_file.path, tmp_path)
+    invalid, headers = multipart([("firstName", "Ana")])
+    try:
+        with ThreadPoolExecutor(6) as pool:  # six rejected forms in a second, in both workers
+            assert list(pool.map(lambda _: node.post(invalid, {"Content-Type": headers})[0], range(6))) == [400] * 6
+        last_hour_once(node, lambda counts: counts["rejected"] == 6)
+        workers = node.workers()
+        node.process.send_signal(signal.SIGHUP)
+        node.wait_for_workers(replacing=workers)
+        assert last_hour(node)["rejected"] == 6
+    finally:
+        node.stop()
+    restarted = Gunicorn(options_file.path, tmp_path)
+    try:
+        assert last_hour(restarted)["rejected"] == 6
+    finally:
+        restarted.stop()
+
+
+def test_without_the_deploy_config_metrics_are_the_nodes_on_every_scrape(tmp_path, options_file, smtp_server):
+    """`gunicorn -w 2 wsgi:app`, no PROMETHEUS_MULTIPROC_DIR: the service keeps its own folder in its state folder."""
+    node = Gunicorn(options_file.path, tmp_path, ("-w", "2", "-k", "gthread", "--threads", "4"), metrics_folder=False)
+    body, headers = form()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            assert all(status == 200 for status, _ in pool.map(lambda _: node.post(body, headers), range(12)))
+        scrapes = [metric(node.request("GET", "/metrics")[2].decode(), "email_requests_total", outcome="delivered")
+                   for _ in range(6)]
+    finally:
+        node.stop()
+    assert scrapes == [12] * 6
+    assert list((tmp_path / "state").glob("metrics-*"))
+
+
+def test_pings_and_scrapes_are_not_logged_at_info_and_gunicorns_own_lines_are_json(tmp_path, options_file):
+    node = Gunicorn(options_file.path, tmp_path)
+    try:
+        for path in ("/genesys/1/node", "/metrics", "/genesys/1/node"):
+            assert node.request("GET", path)[0] == 200
+    finally:
+        log = node.stop()
+    lines = [json.loads(line) for line in log.splitlines()]  # every line is JSON, gunicorn's too
+    assert not [line for line in lines if line.get("path") in ("/genesys/1/node", "/metrics")]
+    assert any(line["logger"].startswith("gunicorn") and "Booting worker" in line["message"] for line in lines)
+    [start] = [line for line in lines if line.get("event") == "start"]
+    assert {"version", "commit", "node", "options_digest", "store", "scanner"} <= set(start)

@@ -148,4 +148,7 @@ def test_the_readme_curl_example_is_delivered_with_its_sample_attachment(client,
 def test_the_local_run_says_its_version():
     result = subprocess.run([sys.executable, "-m", "app", "--version"], cwd=ROOT, capture_output=True, text=True,
                             timeout=60)
-    assert result.returncode == 0 and re.fullmatch(r"python -m app \d+\.\d+\.\d+\n", result.stdout), result
+    assert result.returncode == 0, result
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert re.fullmatch(r"python -m app \d+\.\d+\.\d+ \(commit [0-9a-f]{40}\)\n", result.stdout)
+    assert commit in result.stdout

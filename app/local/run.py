@@ -9,13 +9,13 @@ import logging
 import re
 import socket
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from flask import Flask, Response
 
 from app import create_app
+from app.build import commit, version
 from app.local import mailbox_view
 from app.local.maildir import MaildirHandler
 from app.options.model import OptionsError
@@ -32,14 +32,6 @@ def contact_form() -> Response:
         return Response("The example form is not installed here.", 404, content_type="text/plain")
     page = re.sub(r'data-api-url="[^"]*"', 'data-api-url="/genesys/2/email/support"', CONTACT_FORM.read_text())
     return Response(page, content_type="text/html;charset=utf-8")
-
-
-def service_version() -> str:
-    """The installed version of this service, as its package metadata says."""
-    try:
-        return metadata.version("gms-email-api")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -106,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                              "embedded server")
     parser.add_argument("--clamd", type=clamd_argument, metavar="SOCKET|HOST:PORT",
                         help="scan every attachment with this ClamAV daemon (in place of [scan] clamd)")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {service_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()} (commit {commit()})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)

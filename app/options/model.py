@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 DELIVERY_TIMEOUTS = 3  # one delivery takes at most this many times [smtp] timeout (contract section 4)
 
@@ -123,6 +124,24 @@ class SpamOptions:
     rspamd: str
     timeout: float
     quarantine_mailbox: str
+
+
+def changed_keys(old: Options, new: Options) -> list[str]:
+    """The `section.key` names whose values differ between two readings of the file (names only, never values)."""
+    names = []
+    old_sections, new_sections = _sections(old), _sections(new)
+    for section in sorted(old_sections.keys() | new_sections.keys()):
+        before, after = old_sections.get(section), new_sections.get(section)
+        for field in fields(after if after is not None else before):  # type: ignore[arg-type]
+            if getattr(before, field.name, None) != getattr(after, field.name, None):
+                names.append(f"{section}.{field.name}")
+    return names
+
+
+def _sections(options: Options) -> dict[str, Any]:
+    return {"email": options.catch_all, **{f"email.{name}": s for name, s in options.services.items()},
+            **{name: getattr(options, name) for name in ("smtp", "cors", "security", "admin", "server", "scan",
+                                                          "limits", "spam")}}
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,18 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from app.metrics import OPTIONS_INFO, OPTIONS_VERSION, RELOADS, start_at_zero
+from app.metrics import DIGEST_LENGTH, FILE_VALID, OPTIONS_INFO, OPTIONS_VERSION, RELOADS, start_at_zero
 from app.options.load import options_from_bytes, read_file
-from app.options.model import Options, OptionsError
+from app.options.model import Options, OptionsError, changed_keys
 from app.options.snapshot import NodeSnapshot, digest_of
+from app.options.watcher import watch
 from app.store.folder import StateFolderError, file_signature
 
 log = logging.getLogger("app.options")
-TICK = 0.1  # seconds between the watcher's looks at the stores whose check is due
 REQUEST_WAIT = 1.0  # seconds a request waits for a check in progress (the contract allows reload_interval + 1 s)
 start_at_zero(RELOADS, ("ok", "refused"))
 
@@ -48,7 +47,7 @@ class OptionsStore:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._signature = file_signature(self.path)
-        self._file_ok = True
+        self.file_problems: list[str] = []  # why the file on disk is not the one in force, while it is not
         self._failed: str | None = None  # why the snapshot could not be written, while it cannot
         try:
             raw = read_file(self.path)
@@ -57,8 +56,7 @@ class OptionsStore:
             in_force = self._from_snapshot(0)
             if in_force is None:
                 raise
-            self._file_ok = False
-            self._log_refusal(error, in_force.version)
+            self._refused(error, in_force.version)
         else:
             digest = digest_of(raw)
             try:
@@ -77,7 +75,12 @@ class OptionsStore:
         self._checked = time.monotonic()
         self._published_in = 0  # the process that last set the version gauges
         self._shown_digest = ""
-        _watch(self)
+        watch(self)
+
+    @property
+    def file_valid(self) -> bool:
+        """Whether the options file on disk is the one in force (else an edit of it was refused)."""
+        return not self.file_problems
 
     @property
     def in_force(self) -> InForce:
@@ -125,11 +128,14 @@ class OptionsStore:
                 options = options_from_bytes(raw, self.path)
             except OptionsError as error:
                 self._signature = signature
-                self._file_ok = False
                 RELOADS.labels("refused").inc()
-                self._log_refusal(error, self._in_force.version)
+                self._refused(error, self._in_force.version)
             else:
-                self._file_ok = True
+                if self.file_problems:
+                    self.file_problems = []
+                    FILE_VALID.set(1)
+                    log.info("options file %s is valid again", self.path, extra={"fields": {
+                        "event": "options_file_valid", "digest": digest_of(raw)[:DIGEST_LENGTH]}})
                 digest = digest_of(raw)
                 try:
                     version = self.snapshot.publish(raw, digest, lambda: file_signature(self.path) == signature,
@@ -144,7 +150,7 @@ class OptionsStore:
                 if version is not None and (version, digest) != (self._in_force.version, self._in_force.digest):
                     RELOADS.labels("ok").inc()
                     self._adopt(InForce(options, version, digest), "reloaded")
-        if not self._file_ok and self.snapshot.changed():
+        if self.file_problems and self.snapshot.changed():
             in_force = self._from_snapshot(self._in_force.version)
             if in_force is not None:
                 self._adopt(in_force, "taken from the node's newest good options")
@@ -183,66 +189,37 @@ class OptionsStore:
         return replace(in_force, options=options)
 
     def _adopt(self, in_force: InForce, how: str) -> None:
+        changed = changed_keys(self._in_force.options, in_force.options)
         self._in_force = self._with_overrides(in_force)
         self._publish_version()
-        log.info("options %s from %s (version %d)", how, self.path, in_force.version,
-                 extra={"fields": {"event": "options_reload", "result": "ok", "version": in_force.version}})
+        digest = in_force.digest[:DIGEST_LENGTH]
+        # The names of the keys that changed, never their values: they may be secrets.
+        log.info("options %s from %s (version %d, digest %s): %s", how, self.path, in_force.version, digest,
+                 ", ".join(changed) or "no key changed", extra={"fields": {
+                     "event": "options_reload", "result": "ok", "version": in_force.version, "digest": digest,
+                     "changed": changed}})
         for listener in self._listeners:
             listener()
 
     def _publish_version(self) -> None:
-        if self._published_in == os.getpid() and self._shown_digest != self._in_force.digest[:12]:
+        if self._published_in == os.getpid() and self._shown_digest != self._in_force.digest[:DIGEST_LENGTH]:
             OPTIONS_INFO.labels(self._shown_digest).set(0)
         self._published_in = os.getpid()
-        self._shown_digest = self._in_force.digest[:12]
+        self._shown_digest = self._in_force.digest[:DIGEST_LENGTH]
         OPTIONS_VERSION.set(self._in_force.version)
         OPTIONS_INFO.labels(self._shown_digest).set(1)
+        FILE_VALID.set(0 if self.file_problems else 1)
 
-    def _log_refusal(self, error: OptionsError, version: int) -> None:
+    def _refused(self, error: OptionsError, version: int) -> None:
+        """The file on disk does not validate: the newest good options stay in force, the problems are shown."""
+        self.file_problems = error.problems
+        FILE_VALID.set(0)
         log.error("options reload refused, the newest good options (version %d) stay in force: %s", version,
                   "; ".join(error.problems), extra={"fields": {
                       "event": "options_reload", "result": "refused", "version": version, "problems": error.problems}})
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
+        """In a forked child: check the file at once, with a lock of its own."""
         self._lock = threading.Lock()
         self._checked = float("-inf")
         self._published_in = 0
-
-
-# One watcher thread per process looks at every store, so that idle workers take edits too.
-_watched: weakref.WeakSet[OptionsStore] = weakref.WeakSet()
-_watch_lock = threading.Lock()
-_watcher_pid = 0
-
-
-def _watch(store: OptionsStore) -> None:
-    global _watcher_pid
-    _watched.add(store)
-    if _watcher_pid != os.getpid():
-        _watcher_pid = os.getpid()
-        threading.Thread(target=_run_watcher, name="options-watcher", daemon=True).start()
-
-
-def _run_watcher() -> None:
-    while True:
-        with _watch_lock:
-            for store in list(_watched):
-                store.refresh()
-        time.sleep(TICK)
-
-
-def _after_fork_in_child() -> None:
-    """A forked worker checks the file at once and runs a watcher of its own (threads do not survive fork)."""
-    global _watcher_pid
-    _watch_lock.release()
-    stores = list(_watched)
-    for store in stores:
-        store._after_fork()
-    if stores:
-        _watcher_pid = 0
-        _watch(stores[0])
-
-
-# A fork never copies a store in the middle of a check: its lock would stay taken in the child.
-os.register_at_fork(before=_watch_lock.acquire, after_in_parent=_watch_lock.release,
-                    after_in_child=_after_fork_in_child)

@@ -3,6 +3,7 @@ is reached through."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 import threading
@@ -110,3 +111,29 @@ def state_folder() -> StateFolder:
         if str(path) not in _folders:
             _folders[str(path)] = StateFolder(path)
         return _folders[str(path)]
+
+
+METRICS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+OWN_METRICS_VARIABLE = "EMAIL_API_OWN_METRICS_DIR"  # set beside it when the folder is the service's own
+
+
+def use_own_metrics_folder() -> None:
+    """Without PROMETHEUS_MULTIPROC_DIR, a metrics folder of this node's own in its state folder, shared by its
+    processes (one process group: gunicorn's master and workers), so that /metrics is the node's however gunicorn
+    was started. Must run before prometheus_client is imported; folders of ended nodes are removed."""
+    inherited = os.environ.get(METRICS_VARIABLE)
+    if inherited and inherited != os.environ.get(OWN_METRICS_VARIABLE):
+        return  # the operator's (or the deploy configuration's) folder
+    folder = state_folder()
+    name = f"metrics-{os.getpgid(0)}"
+    if inherited and Path(inherited).name == name:
+        return  # this node's own, from the master that forked this worker
+    for other in folder.names():
+        group = other.removeprefix("metrics-")
+        if other.startswith("metrics-") and group.isdigit() and not process_alive(int(group), group=True):
+            shutil.rmtree(folder.path / other, ignore_errors=True)
+    try:
+        os.mkdir(name, 0o700, dir_fd=folder.fd)
+    except FileExistsError:
+        pass
+    os.environ[METRICS_VARIABLE] = os.environ[OWN_METRICS_VARIABLE] = str(folder.path / name)

@@ -9,6 +9,8 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, request
 
 from app import metrics
+from app.build import commit, node_name, version
+from app.probes import read_probes
 from app.web.admin import admin_required
 from app.web.request_options import request_options
 
@@ -56,8 +58,9 @@ def ping() -> Response:
 def node_status_text() -> Response:
     """This node's status, ONLINE or OFFLINE, with the options version the answering worker serves."""
     in_force = current_app.extensions["options"].in_force
-    return Response(node_status().get(), content_type="text/plain;charset=utf-8",
-                    headers={"X-Options-Version": str(in_force.version), "X-Options-Digest": in_force.digest[:16]})
+    return Response(node_status().get(), content_type="text/plain;charset=utf-8", headers={
+        "X-Options-Version": str(in_force.version), "X-Options-Digest": in_force.digest[:metrics.DIGEST_LENGTH],
+        **node_header()})
 
 
 @bp.post("/genesys/1/admin/node/changestatus/<any(ONLINE, OFFLINE):new_status>")
@@ -65,7 +68,12 @@ def node_status_text() -> Response:
 def change_status(new_status: str) -> Response:
     """Drain (OFFLINE) or undrain (ONLINE) this node."""
     set_node_status(new_status)
-    return Response(new_status, content_type="text/plain;charset=utf-8")
+    return Response(new_status, content_type="text/plain;charset=utf-8", headers=node_header())
+
+
+def node_header() -> dict[str, str]:
+    """The header that names the node in every admin answer, so that a drain is seen to reach the right one."""
+    return {"X-Node-Name": node_name(request_options().server)}
 
 
 def set_node_status(new_status: str) -> None:
@@ -75,13 +83,16 @@ def set_node_status(new_status: str) -> None:
     current.set(new_status)
     metrics.NODE_ONLINE.set(1 if new_status == "ONLINE" else 0)
     user = request.authorization.username if request.authorization else None
-    log.info("node status %s -> %s by %s from %s", old, new_status, user, request.remote_addr, extra={"fields": {
-        "event": "node_status", "old": old, "new": new_status, "user": user, "client": request.remote_addr}})
+    node = node_name(request_options().server)
+    log.info("node %s status %s -> %s by %s from %s", node, old, new_status, user, request.remote_addr,
+             extra={"fields": {"event": "node_status", "node": node, "old": old, "new": new_status, "user": user,
+                               "client": request.remote_addr}})
 
 
 @bp.get("/metrics")
 def metrics_page() -> Response:
     """The Prometheus metrics of every worker."""
     metrics.NODE_ONLINE.set(1 if node_status().get() == "ONLINE" else 0)  # as the status file says now
-    body, content_type = metrics.exposition()
+    node = node_name(request_options().server)
+    body, content_type = metrics.exposition(extra=metrics.node_families(version(), commit(), node, read_probes()))
     return Response(body, content_type=content_type)

@@ -9,9 +9,10 @@ from flask import Flask, Response, g, request
 
 from app import metrics
 from app.recent import RECENT
-from app.web.request_options import STARTED
+from app.web.request_options import STARTED, request_options
 
 log = logging.getLogger("app.requests")
+QUIET = ("node.ping", "node.metrics_page")
 
 
 def note(**fields: Any) -> None:
@@ -27,7 +28,9 @@ def _log_request(response: Response) -> Response:
         RECENT.outcome(fields.get("outcome", "error"))
         for code in fields.get("error_codes", ()):
             metrics.labelled(metrics.ERRORS, str(code)).inc()
-    log.info("%s %s %d", request.method, request.path, response.status_code, extra={"fields": {
+    # The balancer's pings and the scrapes of /metrics come every few seconds: DEBUG, unless [server] log_pings.
+    level = logging.INFO if request.endpoint not in QUIET or request_options().server.log_pings else logging.DEBUG
+    log.log(level, "%s %s %d", request.method, request.path, response.status_code, extra={"fields": {
         "event": "request", "method": request.method, "path": request.path, "http_status": response.status_code,
         "client": request.remote_addr, "duration_ms": round((time.monotonic() - request.environ[STARTED]) * 1000, 1),
         **fields}})

@@ -13,19 +13,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 
+from app.build import node_name
 from app.errors import FOREIGN_ORIGIN, ApiError
-from app.metrics import options_versions
+from app.metrics import DIGEST_LENGTH, OUTCOMES, options_versions
 from app.options.model import Options
+from app.probes import read_probes
 from app.recent import node_recent
 from app.web.admin import admin_required
 from app.web.node import node_status, set_node_status
 from app.web.request_options import request_options
-from app.web.responses import page_headers
+from app.web.responses import json_response, page_headers
 
 bp = Blueprint("status_page", __name__, template_folder="templates")
 SECRET = "••••"
 TOKEN_LIFETIME = 3600  # seconds a page's drain button stays valid
-OUTCOMES = ("delivered", "duplicate", "retry", "ambiguous", "refused", "rejected", "infected", "scan_failed", "error")
 
 
 def _token_key(options: Options) -> bytes:
@@ -80,15 +81,24 @@ def strict(response: Response) -> Response:
 @bp.get("/genesys/1/admin/")
 @admin_required
 def status_page() -> Response:
-    """The node at a glance."""
+    """The node at a glance: HTML, or the same facts as JSON for `Accept: application/json`."""
     options = request_options()
-    in_force = current_app.extensions["options"].in_force
-    versions = options_versions()
+    store = current_app.extensions["options"]
+    in_force = store.in_force
     recent = node_recent()
+    facts = {"node": node_name(options.server), "status": node_status().get(),
+             "options_file_valid": store.file_valid, "options_problems": store.file_problems,
+             "options": {"version": in_force.version, "digest": in_force.digest[:DIGEST_LENGTH]},
+             "dependencies": read_probes(), "last_hour": {outcome: recent["counts"][outcome] for outcome in OUTCOMES},
+             "failures": recent["failures"], "relay": recent["relay"]}
+    if request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json":
+        return json_response(facts)
+    versions = options_versions()
     return Response(render_template(
-        "admin/status.html", status=node_status().get(), token=page_token(options), sections=sections(options),
-        digest=in_force.digest[:12], version=in_force.version, versions=versions,
+        "admin/status.html", token=page_token(options), sections=sections(options), versions=versions,
         agree=len(set(versions.values()) | {in_force.version}) == 1, recent=recent, outcomes=OUTCOMES,
+        file_problems=facts["options_problems"], node=facts["node"], status=facts["status"],
+        dependencies=facts["dependencies"], digest=facts["options"]["digest"], version=in_force.version,
         when=lambda at: datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S"), pid=os.getpid()),
         content_type="text/html;charset=utf-8")
 
