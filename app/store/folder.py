@@ -136,4 +136,18 @@ def use_own_metrics_folder() -> None:
         os.mkdir(name, 0o700, dir_fd=folder.fd)
     except FileExistsError:
         pass
+    except OSError:
+        return
+    # prometheus_client maps its files into memory: on a full or read-only disk a write would kill the process
+    # (SIGBUS). Room for them is made sure of first; without it, each process shows its own metrics.
+    room = folder.path / name / f".room-{os.getpid()}"
+    try:
+        fd = os.open(room, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, 1024 * 1024)
+        finally:
+            os.close(fd)
+            os.unlink(room)
+    except OSError:
+        return
     os.environ[METRICS_VARIABLE] = os.environ[OWN_METRICS_VARIABLE] = str(folder.path / name)
