@@ -53,8 +53,9 @@ class Gunicorn:
 
     def __init__(self, options: Path, folder: Path, arguments: tuple[str, ...] = DEPLOY_CONFIG,
                  environment: dict[str, str] | None = None, workers: int = 2, app: str = "wsgi:app",
-                 root: Path = ROOT, log_file: Path | None = None, metrics_folder: bool = True) -> None:
-        self.port, self.workers_wanted, self.log_file = free_port(), workers, log_file
+                 root: Path = ROOT, log_file: Path | None = None, metrics_folder: bool = True,
+                 port: int | None = None) -> None:
+        self.port, self.workers_wanted, self.log_file = port or free_port(), workers, log_file
         (folder / "metrics").mkdir(parents=True, exist_ok=True)
         (folder / "state").mkdir(mode=0o700, exist_ok=True)
         environment = {**os.environ, "OPTIONS_FILE": str(options), "GUNICORN_BIND": f"127.0.0.1:{self.port}",
