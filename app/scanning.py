@@ -10,6 +10,7 @@ import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 from app import metrics
 from app.attachments import Attachment, archive_problem
@@ -127,14 +128,8 @@ def scan_attachments(attachments: list[Attachment], scan: ScanOptions) -> float:
     if not found:
         metrics.SCANS.labels("clean").inc()
         return seconds
-    metrics.SCANS.labels("infected").inc()
-    log.warning("the virus scanner refused %d of %d files: %s", len(found), len(attachments),
-                ", ".join(f"file {position}: {signature}" for position, signature in found), extra={"fields": {
-                    "event": "infected", "files": [position for position, _ in found],
-                    "signatures": [signature for _, signature in found]}})
-    problems = [Problem(FILE_TYPE_NOT_ALLOWED, f'The file "{attachments[position - 1].filename}" was refused by '
-                        "the virus scanner.", field="files") for position, _ in found]
-    raise ApiError(problems, outcome="infected")
+    _refuse(attachments, found, "infected", "signatures", "the virus scanner refused {count} of {total} files",
+            "was refused by the virus scanner")
 
 
 def _refuse_unscannable(attachments: list[Attachment]) -> None:
@@ -144,11 +139,18 @@ def _refuse_unscannable(attachments: list[Attachment]) -> None:
              if (why := archive_problem(attachment.stream))]
     if not found:
         return
+    _refuse(attachments, found, "unscannable", "reasons", "refused {count} of {total} files the virus scanner "
+            "cannot see into", "cannot be scanned for viruses: {why}")
+
+
+def _refuse(attachments: list[Attachment], found: list[tuple[int, str]], event: str, details: str, summary: str,
+            problem: str) -> NoReturn:
+    """Refuse the form (400, 203), each file named in its problem; the WARNING names why (the signature's name,
+    never in the answer)."""
     metrics.SCANS.labels("infected").inc()
-    log.warning("refused %d of %d files the virus scanner cannot see into: %s", len(found), len(attachments),
+    log.warning("%s: %s", summary.format(count=len(found), total=len(attachments)),
                 ", ".join(f"file {position}: {why}" for position, why in found), extra={"fields": {
-                    "event": "unscannable", "files": [position for position, _ in found],
-                    "reasons": [why for _, why in found]}})
-    problems = [Problem(FILE_TYPE_NOT_ALLOWED, f'The file "{attachments[position - 1].filename}" cannot be scanned '
-                        f"for viruses: {why}.", field="files") for position, why in found]
-    raise ApiError(problems, outcome="infected")
+                    "event": event, "files": [position for position, _ in found], details: [why for _, why in found]}})
+    raise ApiError([Problem(FILE_TYPE_NOT_ALLOWED, f'The file "{attachments[position - 1].filename}" '
+                            + problem.format(why=why) + ".", field="files") for position, why in found],
+                   outcome="infected")

@@ -3,16 +3,13 @@ of its own and a database of one signature, the EICAR test file, so that no sign
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from bench.ports import system_program
+from bench.ports import ForegroundServer, system_program
 
 ROOT = Path(__file__).parent.parent
 # The limits of Debian's /etc/clamav/clamd.conf (package clamav-daemon), where clamd's built-in ones differ.
@@ -34,7 +31,7 @@ def deployed_settings() -> dict[str, str]:
     return {**DEBIAN_LIMITS, **dict(line.split(None, 1) for line in lines if line.strip() and line[0] != "#")}
 
 
-class Clamd:
+class Clamd(ForegroundServer):
     """clamd listening on a Unix socket of its own, with `settings` (lines of clamd.conf) added; stopped by PID."""
 
     def __init__(self, stream_max_length: str = "10M", settings: dict[str, str] | None = None) -> None:
@@ -67,12 +64,3 @@ class Clamd:
                 return sock.recv(16) == b"PONG\0"
         except OSError:
             return False
-
-    def stop(self) -> None:
-        """Stop clamd by its PID and remove its folder."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-        shutil.rmtree(self.folder, ignore_errors=True)

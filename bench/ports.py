@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 _ports_given: set[int] = set()
 
@@ -37,3 +39,19 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> 
 def system_program(name: str) -> str | None:
     """Where a program from Debian's packages is, also in /usr/sbin and /sbin (not on every user's PATH)."""
     return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+
+
+class ForegroundServer:
+    """A daemon of Debian's run in the foreground with a folder of its own (clamd, rspamd); stopped by PID."""
+
+    process: subprocess.Popen
+    folder: Path
+
+    def stop(self) -> None:
+        """Stop the daemon by its PID and remove its folder."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from bench.ports import free_port, system_program
+from bench.ports import ForegroundServer, free_port, system_program
 
 # Modules that ask the network (DNS lists and DNS look-ups, SPF, DKIM, DMARC, ARC, fuzzy servers, remote maps) or
 # Redis; a closed network turns them off, as docs/operating.md ("Spam") says.
@@ -42,7 +40,7 @@ def rspamd_executable() -> str | None:
     return system_program("rspamd")
 
 
-class Rspamd:
+class Rspamd(ForegroundServer):
     """rspamd's normal worker on a free port of 127.0.0.1 (`address`), with a configuration of its own."""
 
     def __init__(self) -> None:
@@ -88,12 +86,3 @@ class Rspamd:
             return connection.getresponse().read().strip() == b"pong"
         except OSError:
             return False
-
-    def stop(self) -> None:
-        """Stop rspamd by its PID and remove its folder."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
