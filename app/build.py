@@ -4,15 +4,14 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import socket
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from app.options.model import Options, ServerOptions
+from app.rules import HOST_NAMES
 
 log = logging.getLogger("app")
-HOST_NAME = socket.gethostname()
 
 
 def version() -> str:
@@ -58,7 +57,7 @@ def _checkout_commit(git: Path) -> str:
 
 def node_name(server: ServerOptions) -> str:
     """The node's name: `[server] node_name`, else this host's name."""
-    return server.node_name or HOST_NAME
+    return server.node_name or HOST_NAMES[0]
 
 
 def log_start(options: Options, digest: str) -> None:

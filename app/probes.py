@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from app import scanning, spam
-from app.mail.message import HOST_NAMES
 from app.mail.session import RelayBroke, RelayRefused, RelaySession
 from app.options.model import Options
+from app.rules import HOST_NAMES
 from app.store import StoreError, open_store
 from app.store.folder import StateFolderError, state_folder
 

@@ -3,6 +3,7 @@ addresses may be a mailbox (the open-relay guard of contract section 5)."""
 from __future__ import annotations
 
 import re
+import socket
 
 from email_validator import validate_email
 
@@ -49,3 +50,19 @@ def mailbox_allowed(mailbox: str, as_sent: str, configured: frozenset[str], allo
     if any(mark in local for mark in '%!@"') or as_sent.lstrip().startswith(("@", "<")) or '"' in as_sent:
         return False
     return any(pattern == wanted or pattern == f"*@{domain}" for pattern in allowed)
+
+
+# This host's names, read once (a DNS look-up per request would hold a form up): its name and its fully qualified
+# name as the resolver gives it.
+HOST_NAMES = (socket.gethostname(), socket.getfqdn())
+LOCAL_NAMES = ("localhost", "localdomain", "local")  # names with a dot that are no domain of this host's
+
+
+def qualified_host_name() -> str:
+    """This host's name when it is fully qualified (it has a dot), else "": the Message-ID's domain must never be a
+    bare host name, which spam filters score (rspamd's MID_RHS_NOT_FQDN)."""
+    for name in HOST_NAMES:
+        labels = name.lower().split(".")
+        if len(labels) > 1 and all(labels) and labels[0] not in LOCAL_NAMES and labels[-1] not in LOCAL_NAMES:
+            return name
+    return ""

@@ -67,7 +67,7 @@ def test_gunicorns_own_check_leaves_a_live_metrics_folder_alone(tmp_path, live_f
 
 
 def test_check_warns_when_the_message_id_would_name_a_bare_host(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("app.mail.message.HOST_NAMES", ("vm",))
+    monkeypatch.setattr("app.rules.HOST_NAMES", ("vm",))
     options = tmp_path / "options.ini"
     options.write_text("[email]\nmailbox = support@example.com\n")
     assert check([str(options)]) == 0

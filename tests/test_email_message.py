@@ -271,7 +271,7 @@ def test_without_helo_name_the_message_id_names_a_qualified_domain(options_file,
                                                                    host, domain):
     """Spam filters score a Message-ID whose right-hand side is not a fully qualified domain (rspamd's
     MID_RHS_NOT_FQDN): a bare host name gives way to the envelope sender's domain."""
-    monkeypatch.setattr("app.mail.message.HOST_NAMES", (host,))
+    monkeypatch.setattr("app.rules.HOST_NAMES", (host,))
     options_file.write(smtp={"helo_name": None})
     interaction_id = submit().get_json()["interactionId"]
     assert smtp_server.messages[0].email["Message-ID"] == f"<{interaction_id}@{domain}>"
@@ -279,7 +279,7 @@ def test_without_helo_name_the_message_id_names_a_qualified_domain(options_file,
 
 def test_the_message_id_takes_the_envelope_senders_domain_when_envelope_from_is_set(options_file, submit,
                                                                                      smtp_server, monkeypatch):
-    monkeypatch.setattr("app.mail.message.HOST_NAMES", ("vm", "localhost"))
+    monkeypatch.setattr("app.rules.HOST_NAMES", ("vm", "localhost"))
     options_file.write(smtp={"helo_name": None, "envelope_from": "bounces@mail.contact-center.example"})
     interaction_id = submit().get_json()["interactionId"]
     assert smtp_server.messages[0].email["Message-ID"] == f"<{interaction_id}@mail.contact-center.example>"

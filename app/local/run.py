@@ -18,8 +18,8 @@ from app import create_app
 from app.build import commit, version
 from app.local import mailbox_view
 from app.local.maildir import MaildirHandler
+from app.options.checks import Invalid, clamd_address
 from app.options.model import OptionsError
-from app.options.schema import Invalid, clamd_address
 from app.store.folder import StateFolderError
 
 log = logging.getLogger("app.local")

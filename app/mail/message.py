@@ -5,7 +5,6 @@ from __future__ import annotations
 import binascii
 import re
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -16,13 +15,9 @@ from functools import cached_property
 from app.attachments import Attachment
 from app.mail.headers import POLICY, UTF8_QP, header, header_line
 from app.options.model import ServiceOptions, SmtpOptions
-from app.rules import ANY_LINE_END, LINE_END
+from app.rules import ANY_LINE_END, HOST_NAMES, LINE_END, qualified_host_name
 from app.submission import Submission
 
-# This host's names, read once (a DNS look-up per request would hold a form up): its name and its fully qualified
-# name as the resolver gives it.
-HOST_NAMES = (socket.gethostname(), socket.getfqdn())
-LOCAL_NAMES = ("localhost", "localdomain", "local")  # names with a dot that are no domain of this host's
 BASE64_BLOCK = 57 * 1024  # bytes read at a time: 1024 lines of base64
 PLACEHOLDER = re.compile(rb"ATTACHMENT-[0-9a-f]{32}")  # where an attachment's body goes in the written message
 
@@ -36,15 +31,6 @@ class Envelope:
     rcpt_to: str
     max_size: int  # the service's limit, the advice given when the relay answers 552
     size: int = 0  # the message's size, declared with SIZE= when the relay offers it
-
-
-def qualified_host_name() -> str:
-    """This host's name when it is fully qualified (it has a dot), else ""."""
-    for name in HOST_NAMES:
-        labels = name.lower().split(".")
-        if len(labels) > 1 and all(labels) and labels[0] not in LOCAL_NAMES and labels[-1] not in LOCAL_NAMES:
-            return name
-    return ""
 
 
 def message_id_domain(smtp: SmtpOptions, mail_from: str) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import sys
 
-from app.mail.message import HOST_NAMES, qualified_host_name
 from app.options.load import load_options
 from app.options.model import Options, OptionsError
+from app.rules import HOST_NAMES, qualified_host_name
 
 
 def summary(options: Options) -> str:

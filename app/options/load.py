@@ -16,6 +16,7 @@ from validate import (
     VdtValueTooSmallError,
 )
 
+from app.options.checks import VALIDATOR, Invalid
 from app.options.model import (
     AdminOptions,
     CorsOptions,
@@ -29,7 +30,7 @@ from app.options.model import (
     SmtpOptions,
     SpamOptions,
 )
-from app.options.schema import EMAIL_KEYS, SECTIONS, VALIDATOR, Invalid, configspec, expected, ini_lines
+from app.options.schema import EMAIL_KEYS, SECTIONS, configspec, expected, ini_lines
 
 MAX_FILE = 1024 * 1024  # bytes an options file may take: ample for any Options tab
 
