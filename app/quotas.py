@@ -26,7 +26,10 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def client_key(address: str) -> str:
     """What one client is: its address, an IPv6 client's /64 (one customer's line holds a whole /64)."""
-    ip = _address(address)
+    return _key(_address(address), address)
+
+
+def _key(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address):
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip or address)
@@ -37,11 +40,12 @@ def quotas_for(client: str, sender: str, limits: LimitsOptions) -> list[Quota]:
     none for a client of `[limits] exempt`, the service's own back ends."""
     if limits.per_client is None and limits.per_sender is None:
         return []
-    if limits.exempt and any(_address(client) in network for network in limits.exempt):
+    ip = _address(client)
+    if ip is not None and any(ip in network for network in limits.exempt):
         return []
     found = []
     if limits.per_client is not None:
-        found.append(Quota("client", f"client:{client_key(client)}", limits.per_client.count,
+        found.append(Quota("client", f"client:{_key(ip, client)}", limits.per_client.count,
                            limits.per_client.seconds))
     if limits.per_sender is not None:
         found.append(Quota("sender", f"sender:{sender.lower()}", limits.per_sender.count, limits.per_sender.seconds))

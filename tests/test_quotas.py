@@ -143,3 +143,12 @@ def test_two_nodes_sharing_redis_count_together(redis_server, tmp_path, smtp_ser
     statuses = [post_form(nodes[n % 2], subject=f"question {n}").status_code for n in range(6)]
     assert statuses == [200, 200, 200, 429, 429, 429]
     assert len(smtp_server.messages) == 3
+
+
+def test_a_client_without_an_address_is_counted_as_it_is_and_never_an_error(options_file, client, smtp_server):
+    """A server that hands over no client address (gunicorn on a Unix socket): the exempt list cannot match it."""
+    options_file.write(limits={"per_client": "1/h", "exempt": "10.0.0.0/8"})
+    body, content_type = multipart(list(GOOD_FORM.items()))
+    answers = [client.post("/genesys/2/email/support", data=body, content_type=content_type,
+                           environ_base={"REMOTE_ADDR": ""}) for _ in range(2)]
+    assert [answer.status_code for answer in answers] == [200, 429]
