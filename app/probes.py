@@ -13,22 +13,21 @@ from collections.abc import Callable
 from typing import Any
 
 from app import scanning, spam
+from app.mail.message import ehlo_name
 from app.mail.session import RelayBroke, RelayRefused, RelaySession
 from app.options.model import Options
-from app.rules import HOST_NAMES
 from app.store import StoreError, open_store
 from app.store.folder import StateFolderError, state_folder
 
 log = logging.getLogger(__name__)
 FILE = "probes.json"
-DEPENDENCIES = ("relay", "clamd", "store", "rspamd")
 PROBE_TIMEOUT = 5.0  # seconds each probe may take at most
 
 
 def _relay(options: Options) -> None:
     smtp = options.smtp
     try:  # a session as deliveries open it, TLS and AUTH included, then QUIT
-        RelaySession(smtp, smtp.helo_name or HOST_NAMES[0], time.monotonic() + min(smtp.timeout, PROBE_TIMEOUT)).quit()
+        RelaySession(smtp, ehlo_name(smtp), time.monotonic() + min(smtp.timeout, PROBE_TIMEOUT)).quit()
     except RelayRefused as refused:
         raise OSError(f"{refused.code} {refused.text} at {refused.stage}".strip()) from None
     except RelayBroke as broke:

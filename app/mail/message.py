@@ -33,6 +33,11 @@ class Envelope:
     size: int = 0  # the message's size, declared with SIZE= when the relay offers it
 
 
+def ehlo_name(smtp: SmtpOptions) -> str:
+    """The name the service gives in EHLO: `helo_name`, else this host's name."""
+    return smtp.helo_name or HOST_NAMES[0]
+
+
 def message_id_domain(smtp: SmtpOptions, mail_from: str) -> str:
     """The right-hand side of Message-ID: `helo_name`, else this host's qualified name, else the envelope sender's
     domain; never a bare host name, which spam filters score (rspamd's MID_RHS_NOT_FQDN)."""
@@ -168,7 +173,7 @@ def compose(submission: Submission, interaction_id: str, service: ServiceOptions
             message[name] = header(name, text)
     text = (_details(submission, interaction_id) if service.details_in_body else "") + submission.text
     _set_text(message, text)
-    envelope = Envelope(smtp.helo_name or HOST_NAMES[0], mail_from, submission.mailbox, service.max_size)
+    envelope = Envelope(ehlo_name(smtp), mail_from, submission.mailbox, service.max_size)
     outgoing = OutgoingEmail(interaction_id, message, envelope)
     for attachment in submission.attachments:
         maintype, _, subtype = attachment.content_type.partition("/")
