@@ -47,6 +47,39 @@ def test_a_swap_replaces_only_the_record_it_names(store):
     assert not store.swap("k", "second", "third", 60)  # nothing there to replace
 
 
+def test_a_settle_lands_without_anyone_waiting_for_it(store):
+    """A claim's outcome after its delivery: the request answers before it is written, and it is written even when
+    no other claim comes to carry it."""
+    store.add("delivered", "pending", 60)
+    store.add("refused", "pending", 60)
+    store.settle("delivered", "pending", "delivered", 60)
+    store.settle("refused", "pending", None, 60)  # None removes it
+    deadline = time.monotonic() + 10
+    while store.get("delivered") != "delivered" or store.get("refused") is not None:
+        assert time.monotonic() < deadline
+
+
+def test_a_settle_is_written_before_the_claims_that_come_after_it(store):
+    """A form refused by the relay is tried again at once: its claim, removed by the settle, does not stop the retry."""
+    store.add("form", "first try", 60)
+    store.settle("form", "first try", None, 60)
+    assert store.add("form", "second try", 60)
+
+
+def test_many_threads_claiming_at_once_each_get_their_own_answer(store):
+    """Claims of one process written together: each thread learns whether its own was stored, or its quota full."""
+    def claim(n: int) -> str:
+        try:
+            return "stored" if store.add(f"k{n % 20}", f"record-{n}", 60, [quota(limit=15)]) else "in force"
+        except OverQuota:
+            return "over"
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(claim, range(40)))
+    # 20 keys twice each; the quota lets 15 claims through, the keys of the 5 refused stay free and are refused again
+    assert answers.count("stored") == 15 and answers.count("in force") == 15 and answers.count("over") == 10
+
+
 def test_concurrent_adds_of_one_key_let_exactly_one_through(store):
     with ThreadPoolExecutor(8) as pool:
         won = list(pool.map(lambda n: store.add("k", f"record-{n}", 60), range(16)))
