@@ -1,6 +1,7 @@
 """The store as a SQLite file in the state folder (WAL mode), shared by every process of the node."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -12,13 +13,21 @@ from typing import Any, TypeVar
 
 from app import metrics
 from app.store.base import OverQuota, Quota, StoreError
-from app.store.sqlite_schema import OUTCOMES, QUOTA_SLOTS, REQUESTS_SCHEMA, SCHEMA, insert_requests
-from app.store.sqlite_writes import LOCK_POLL, LOCK_TIMEOUT, Writer
+from app.store.sqlite_writes import LOCK_TIMEOUT, Settler, WriteLock
 
 log = logging.getLogger("app.store")
 
 CHECKPOINT_EVERY = 1.0  # seconds between checkpoints of the write-ahead log into the file
-PURGE_EVERY, PURGE_BATCH = 8, 64  # every 8th claim removes up to 64 expired rows of each table: no endless growth
+CHECKPOINT = object()  # queued for the settler when a checkpoint is due
+PURGE_EVERY, PURGE_BATCH = 8, 64  # every 8th write removes up to 64 expired rows of each table: no endless growth
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, record TEXT NOT NULL, expires REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (expires)",
+    # One row per count of a quota: the moving window is the rows of the last period.
+    "CREATE TABLE IF NOT EXISTS hits (quota TEXT NOT NULL, at REAL NOT NULL, expires REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS hits_by_quota ON hits (quota, at)",
+    "CREATE INDEX IF NOT EXISTS hits_by_expiry ON hits (expires)",
+)
 T = TypeVar("T")
 
 
@@ -38,8 +47,7 @@ def _switch_to_wal(connection: sqlite3.Connection) -> None:
 
 
 class SqliteStore:
-    """Claims and counts in a SQLite file that every process of the node opens; one short transaction for every
-    write of a process's threads that wait for one."""
+    """Claims in a SQLite file that every process of the node opens; one short transaction each."""
 
     def __init__(self, path: str | Path, shown_as: Path | None = None) -> None:
         self.path = path
@@ -47,8 +55,9 @@ class SqliteStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._inode: int | None = None  # the file this process last opened
-        self._writer = Writer(self._write, self._checkpoint)
-        self._claims = 0  # claims and counts written by this process
+        self._writer = WriteLock(f"{path}.lock")
+        self._writes = 0
+        self._settler = Settler(self._settle_all)
         self._checkpointed = time.monotonic()
 
     def _file_inode(self) -> int | None:
@@ -69,16 +78,13 @@ class SqliteStore:
         try:
             _switch_to_wal(connection)
             connection.execute("PRAGMA synchronous=NORMAL")  # a power cut may forget a claim, never corrupt the file
-            # No checkpoint in a request's commit (its fsyncs held every writer of the node up): the writer's thread
-            # checkpoints.
+            # No checkpoint in a request's commit (its fsyncs held every writer of the node up): the settler thread
+            # checkpoints, outside the write lock.
             connection.execute("PRAGMA wal_autocheckpoint=0")
             connection.execute("BEGIN IMMEDIATE")  # the schema in one write transaction
             for statement in SCHEMA:
                 connection.execute(statement)
             connection.execute("COMMIT")
-            for statement in REQUESTS_SCHEMA:
-                connection.execute(statement)
-            connection.execute("PRAGMA busy_timeout=0")  # a busy file is waited for in _run
         except BaseException:
             connection.close()
             raise
@@ -96,82 +102,65 @@ class SqliteStore:
                         "(claims in the old one are forgotten)", self.description, extra={"fields": {
                             "event": "dedup_store_replaced", "store": self.description}})
 
-    def _run(self, statements: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `statements` on this thread's connection, again while another process writes (up to LOCK_TIMEOUT);
-        any failure of the store is a StoreError."""
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        try:
-            connection = self._connection()
+    def _run(self, transaction: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
+        """Run `transaction` on this thread's connection, in one write transaction when `write`; any failure of the
+        store is a StoreError, an OverQuota rolls it back."""
+        with self._writer.held() if write else contextlib.nullcontext():
             try:
-                while True:
+                connection = self._connection()
+                try:
+                    if write:
+                        # The write lock first, so that a busy file is waited for (up to LOCK_TIMEOUT) instead of
+                        # failing when another process wrote since this one read.
+                        connection.execute("BEGIN IMMEDIATE")
                     try:
-                        return statements(connection)
-                    except sqlite3.OperationalError as error:
-                        if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                            raise
-                    time.sleep(LOCK_POLL)
-            except BaseException:
-                self._local.connection = None  # the next use opens the file anew: it may have been mended
-                connection.close()
-                raise
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(str(exc)) from None
+                        result = transaction(connection)
+                    except OverQuota:
+                        connection.execute("ROLLBACK")
+                        raise
+                    if write:
+                        connection.execute("COMMIT")
+                        if time.monotonic() - self._checkpointed >= CHECKPOINT_EVERY:
+                            self._settler.put(CHECKPOINT)
+                    return result
+                except OverQuota:
+                    raise
+                except BaseException:
+                    self._local.connection = None  # the next use opens the file anew: it may have been mended
+                    connection.close()
+                    raise
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(str(exc)) from None
 
     def add(self, key: str, record: str, ttl: float, quotas: Sequence[Quota] = ()) -> bool:
         """Insert the record, or take the place of an expired one, and count the quotas, in one transaction."""
-        return bool(self._writer.submit((key, record, ttl, _slotted(quotas), None)))
+        def transaction(connection: sqlite3.Connection) -> bool:
+            now = self._now_purged(connection)
+            if connection.execute("INSERT INTO claims (key, record, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO "
+                                  "UPDATE SET record = excluded.record, expires = excluded.expires "
+                                  "WHERE claims.expires <= ?", (key, record, now + ttl, now)).rowcount != 1:
+                return False  # a claim in force: nothing counted
+            _count(connection, quotas, now)  # over a quota: the claim is rolled back with the count
+            return True
+        return self._run(transaction)
 
     def count(self, quotas: Sequence[Quota]) -> None:
         """Count the quotas in one transaction."""
-        self._writer.submit((None, None, 0, _slotted(quotas), None))
+        self._run(lambda connection: _count(connection, quotas, self._now_purged(connection)))
 
-    def settle(self, key: str, old: str, new: str | None, ttl: float) -> None:
-        """Queue the swap for the next write of this process."""
-        self._writer.put((key, new, ttl, (), old))
-
-    def _write(self, items: list[tuple[str | None, str | None, float, Sequence[Quota], str | None]]) -> list[Any]:
-        """One go of the writer in one statement: for each claim or count whether it was stored (or the OverQuota to
-        raise), None for each settle."""
-        claims = sum(old is None for *_, old in items)
-        purge = ((self._claims + claims) // PURGE_EVERY - self._claims // PURGE_EVERY) * PURGE_BATCH
-        self._claims += claims
-        now, values = time.time(), list[object]()
-        for n, (key, record, ttl, quotas, old) in enumerate(items):
-            values += (n, key, record, ttl, old, now, purge if n == 0 else 0)
-            for slot in range(QUOTA_SLOTS):
-                values += (quotas[slot].key, quotas[slot].limit, quotas[slot].period) if slot < len(quotas) else (
-                    None, None, None)
-
-        def statements(connection: sqlite3.Connection) -> list[tuple[int, int | None, float | None]]:
-            connection.execute(insert_requests(len(items)), values)  # in their order: each sees those before
-            return connection.execute(OUTCOMES).fetchall()
-        refused = {n: (quota, retry_after) for n, quota, retry_after in self._run(statements)}
-        if time.monotonic() - self._checkpointed >= CHECKPOINT_EVERY:
-            self._checkpointed = time.monotonic()
-            self._writer.chores_due()
-        results: list[Any] = []
-        for n, (_, _, _, quotas, old) in enumerate(items):
-            quota, retry_after = refused.get(n, (None, None))
-            if old is not None:
-                results.append(None)
-            elif n not in refused:
-                results.append(True)
-            else:  # no quota named: a claim in force
-                results.append(False if quota is None else OverQuota(quotas[quota], retry_after or 0.0))
-        return results
-
-    def _checkpoint(self) -> None:
-        # PASSIVE: copies what it can into the file without waiting for readers or writers.
-        self._run(lambda connection: connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+    def _now_purged(self, connection: sqlite3.Connection) -> float:
+        """The time now; every PURGE_EVERY-th write of the process also removes expired rows."""
+        self._writes += 1
+        return _purge(connection) if self._writes % PURGE_EVERY == 0 else time.time()
 
     def get(self, key: str) -> str | None:
         """The record under `key` unless it expired."""
         row = self._run(lambda connection: connection.execute(
-            "SELECT record FROM claims WHERE key = ? AND expires > ?", (key, time.time())).fetchone())
+            "SELECT record FROM claims WHERE key = ? AND expires > ?", (key, time.time())).fetchone(), write=False)
         return row[0] if row else None
 
     def swap(self, key: str, old: str, new: str | None, ttl: float) -> bool:
-        """Compare and replace (or remove) in one statement, its own transaction."""
+        """Compare and replace (or remove) in one statement."""
         parameters: tuple[object, ...]
         if new is None:
             sql, parameters = "DELETE FROM claims WHERE key = ? AND record = ?", (key, old)
@@ -180,12 +169,52 @@ class SqliteStore:
                                (new, time.time() + ttl, key, old))
         return self._run(lambda connection: connection.execute(sql, parameters).rowcount == 1)
 
+    def settle(self, key: str, old: str, new: str | None, ttl: float) -> None:
+        """Queue the swap for the settler, which writes every queued settle in one transaction."""
+        self._settler.put((key, old, new, ttl))
+
+    def _settle_all(self, queued: list[Any]) -> None:
+        """The settler's work: the queued settles in one transaction, then a checkpoint when one is due."""
+        swaps = [swap for swap in queued if swap is not CHECKPOINT]
+        if swaps:
+            self._run(lambda connection: self._write_settles(connection, swaps))
+        if time.monotonic() - self._checkpointed >= CHECKPOINT_EVERY:
+            self._checkpointed = time.monotonic()
+            # PASSIVE: copies what it can into the file without waiting for readers or writers.
+            self._run(lambda connection: connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone(), write=False)
+
+    @staticmethod
+    def _write_settles(connection: sqlite3.Connection, swaps: list[tuple[str, str, str | None, float]]) -> None:
+        now = time.time()
+        connection.executemany("DELETE FROM claims WHERE key = ? AND record = ?",
+                               [(key, old) for key, old, new, _ in swaps if new is None])
+        connection.executemany("UPDATE claims SET record = ?, expires = ? WHERE key = ? AND record = ?",
+                               [(new, now + ttl, key, old) for key, old, new, ttl in swaps if new is not None])
+
     def check(self) -> None:
         """One read of the file."""
-        self._run(lambda connection: connection.execute("SELECT 1 FROM claims LIMIT 1").fetchone())
+        self._run(lambda connection: connection.execute("SELECT 1 FROM claims LIMIT 1").fetchone(), write=False)
 
 
-def _slotted(quotas: Sequence[Quota]) -> Sequence[Quota]:
-    if len(quotas) > QUOTA_SLOTS:
-        raise ValueError(f"at most {QUOTA_SLOTS} quotas count for one form")
-    return quotas
+def _purge(connection: sqlite3.Connection) -> float:
+    """Remove a few expired claims and counts, so that the file never grows without bound; the time now."""
+    now = time.time()
+    connection.execute("DELETE FROM claims WHERE rowid IN (SELECT rowid FROM claims WHERE expires <= ? LIMIT ?)",
+                       (now, PURGE_BATCH))
+    connection.execute("DELETE FROM hits WHERE rowid IN (SELECT rowid FROM hits WHERE expires <= ? LIMIT ?)",
+                       (now, PURGE_BATCH))
+    return now
+
+
+def _count(connection: sqlite3.Connection, quotas: Sequence[Quota], now: float) -> None:
+    """Count each quota once, or raise OverQuota for the first that is full (the caller rolls back)."""
+    for quota in quotas:
+        since = now - quota.period
+        [(counted,)] = connection.execute("SELECT count(*) FROM hits WHERE quota = ? AND at > ?", (quota.key, since))
+        if counted >= quota.limit:
+            # Room comes when the count that brings it back under the limit leaves the window.
+            [(at,)] = connection.execute("SELECT at FROM hits WHERE quota = ? AND at > ? ORDER BY at LIMIT 1 OFFSET ?",
+                                         (quota.key, since, counted - quota.limit))
+            raise OverQuota(quota, at + quota.period - now)
+    connection.executemany("INSERT INTO hits (quota, at, expires) VALUES (?, ?, ?)",
+                           [(quota.key, now, now + quota.period) for quota in quotas])
