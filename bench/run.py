@@ -24,6 +24,10 @@ from bench.ports import free_port, system_program, wait_for_port
 APPS = {"A": "wsgi:app", "N": "bench.naive:app", "H": "bench.hello:app"}
 PDF_HEAD = b"%PDF-1.4\n"
 PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+# wrk opens its connections at once, and now and then the kernel hands nearly all of them to one worker, which then
+# serves alone on one core: half the rate whatever the code. Such a run (a worker under BALANCED of the work) is
+# measured again, up to BALANCE_TRIES times, in every variant alike.
+BALANCED, BALANCE_TRIES = 0.25, 3
 TARGETS = "w1 A/N >= 1.3, w1 A/H >= 0.3, w2 A/N >= 1.2, w1 A p99 <= 50 ms, w3 A growth <= 2x payload"
 
 
@@ -53,6 +57,15 @@ def server(name: str, folder: Path, smtp_port: int, workers: int = 2, root: Path
     return Gunicorn(options, folder / f"server-{name}", workers=workers, app=APPS[name], root=root,
                     environment={"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port)},
                     log_file=folder / f"gunicorn-{name}.log")
+
+
+def worker_cpu(node: Gunicorn) -> dict[int, int]:
+    """CPU time (clock ticks) each worker of `node` has used."""
+    ticks = {}
+    for pid in node.workers():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks
 
 
 def wrk(port: int, body: Path, content_type: str, seconds: float, connections: int, vary: bool = False) -> dict:
@@ -149,6 +162,7 @@ def alternate(folder: Path, smtp_port: int, args: argparse.Namespace) -> str:
             names = ("w2",)
         rates: dict[tuple[str, str], list[float]] = {}
         p99: dict[tuple[str, str], list[float]] = {}
+        rerun = 0
         for _ in range(args.repeats):
             for variant, settings in variants.items():
                 node = server("A", folder, smtp_port, **settings)
@@ -156,8 +170,14 @@ def alternate(folder: Path, smtp_port: int, args: argparse.Namespace) -> str:
                     for workload in names:
                         body, content_type = bodies[workload]
                         vary = workload == "w1d"
-                        wrk(node.port, body, content_type, 1, args.connections, vary)  # warm up
-                        result = wrk(node.port, body, content_type, args.seconds, args.connections, vary)
+                        for _ in range(BALANCE_TRIES):
+                            wrk(node.port, body, content_type, 1, args.connections, vary)  # warm up
+                            before = worker_cpu(node)
+                            result = wrk(node.port, body, content_type, args.seconds, args.connections, vary)
+                            shares = [after - before.get(pid, 0) for pid, after in worker_cpu(node).items()]
+                            if min(shares) >= BALANCED * sum(shares):
+                                break
+                            rerun += 1  # wrk's connections went to one worker: the kernel's choice, not the code's
                         assert result["delivered"] == result["requests"], result  # every answer a delivery
                         rates.setdefault((workload, variant), []).append(result["requests"] / result["seconds"])
                         p99.setdefault((workload, variant), []).append(result["p99_ms"])
@@ -172,7 +192,8 @@ def alternate(folder: Path, smtp_port: int, args: argparse.Namespace) -> str:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
     first, second = variants
     lines = [f"{args.repeats} alternating rounds of {args.seconds:g} s, {args.connections} connections; medians "
-             "(rounds)", "", f"| workload | {first} req/s | {second} req/s | {second} / {first} | {first} p99 ms | "
+             f"(rounds); {rerun} runs measured again, as one worker had done less than {BALANCED:.0%} of the work", "",
+             f"| workload | {first} req/s | {second} req/s | {second} / {first} | {first} p99 ms | "
              f"{second} p99 ms |", "|---|---|---|---|---|---|"]
     for workload in names:
         a, b = (statistics.median(rates[(workload, v)]) for v in (first, second))
