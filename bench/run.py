@@ -162,6 +162,7 @@ def alternate(folder: Path, smtp_port: int, args: argparse.Namespace) -> str:
             names = ("w2",)
         rates: dict[tuple[str, str], list[float]] = {}
         p99: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}  # the workers' CPU ms per post: what the rate follows
         rerun = 0
         for _ in range(args.repeats):
             for variant, settings in variants.items():
@@ -181,6 +182,8 @@ def alternate(folder: Path, smtp_port: int, args: argparse.Namespace) -> str:
                         assert result["delivered"] == result["requests"], result  # every answer a delivery
                         rates.setdefault((workload, variant), []).append(result["requests"] / result["seconds"])
                         p99.setdefault((workload, variant), []).append(result["p99_ms"])
+                        cpu.setdefault((workload, variant), []).append(
+                            sum(shares) * 1000 / os.sysconf("SC_CLK_TCK") / result["requests"])
                 finally:
                     node.stop()
     finally:
@@ -194,14 +197,15 @@ def alternate(folder: Path, smtp_port: int, args: argparse.Namespace) -> str:
     lines = [f"{args.repeats} alternating rounds of {args.seconds:g} s, {args.connections} connections; medians "
              f"(rounds); {rerun} runs measured again, as one worker had done less than {BALANCED:.0%} of the work", "",
              f"| workload | {first} req/s | {second} req/s | {second} / {first} | {first} p99 ms | "
-             f"{second} p99 ms |", "|---|---|---|---|---|---|"]
+             f"{second} p99 ms | {first} CPU ms a post | {second} CPU ms a post |", "|---|---|---|---|---|---|---|---|"]
     for workload in names:
         a, b = (statistics.median(rates[(workload, v)]) for v in (first, second))
         spread = " ".join(f"{r:.0f}" for r in rates[(workload, first)]), " ".join(
             f"{r:.0f}" for r in rates[(workload, second)])
         latency = [statistics.median(p99[(workload, v)]) for v in (first, second)]
+        work = [statistics.median(cpu[(workload, v)]) for v in (first, second)]
         lines.append(f"| {workload} | {a:.0f} ({spread[0]}) | {b:.0f} ({spread[1]}) | {b / a:.2f} | "
-                     f"{latency[0]:.1f} | {latency[1]:.1f} |")
+                     f"{latency[0]:.1f} | {latency[1]:.1f} | {work[0]:.2f} | {work[1]:.2f} |")
     return "\n".join(lines)
 
 
