@@ -66,3 +66,9 @@ def qualified_host_name() -> str:
         if len(labels) > 1 and all(labels) and labels[0] not in LOCAL_NAMES and labels[-1] not in LOCAL_NAMES:
             return name
     return ""
+
+
+def host_and_port(address: str) -> tuple[str, int]:
+    """A checked `host:port` or `[IPv6]:port` option value as a socket address."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -18,6 +18,7 @@ from app.deadlines import DEADLINES
 from app.errors import FILE_TYPE_NOT_ALLOWED, ApiError, Problem, RetryLater
 from app.options.model import ScanOptions
 from app.recent import RECENT
+from app.rules import host_and_port
 
 log = logging.getLogger(__name__)
 INSTREAM_CHUNK = 64 * 1024  # bytes per INSTREAM chunk
@@ -44,8 +45,7 @@ def _session(address: str, deadline: float) -> Iterator[socket.socket]:
                 sock.close()
                 raise
         else:
-            host, _, port = address.rpartition(":")
-            sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+            sock = socket.create_connection(host_and_port(address), timeout=timeout)
     except OSError as exc:
         raise ScanFailed(f"clamd at {address} cannot be reached: {exc.strerror or exc}") from None
     with sock, DEADLINES.cut_off(sock, deadline) as watch:

@@ -13,6 +13,7 @@ from app.deadlines import DEADLINES
 from app.mail.message import OutgoingEmail
 from app.options.model import SpamOptions
 from app.recent import RECENT
+from app.rules import host_and_port
 
 log = logging.getLogger(__name__)
 ACTIONS = ("no action", "greylist", "add header", "rewrite subject", "soft reject", "reject")
@@ -36,14 +37,9 @@ class SpamCheckFailed(Exception):
     """rspamd gave no verdict: unreachable, too slow, or an answer that is not a result."""
 
 
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _ask(email: OutgoingEmail, client: str, spam: SpamOptions) -> Verdict:
     """POST the email to rspamd's /checkv2 and read its verdict, all within [spam] timeout."""
-    host, port = _split(spam.rspamd)
+    host, port = host_and_port(spam.rspamd)
     deadline = time.monotonic() + spam.timeout
     connection = http.client.HTTPConnection(host, port, timeout=spam.timeout)
     try:
@@ -78,7 +74,7 @@ def _ask(email: OutgoingEmail, client: str, spam: SpamOptions) -> Verdict:
 
 def ping(address: str, timeout: float) -> None:
     """rspamd's GET /ping, answered pong; raises SpamCheckFailed otherwise (the probes)."""
-    host, port = _split(address)
+    host, port = host_and_port(address)
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         connection.request("GET", "/ping")
