@@ -63,7 +63,8 @@ def _size(value: str | list[str], min: str = "0", max: str | None = None) -> int
     return size
 
 
-DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}  # a quota's period; a duration takes s, m, h or none
+DURATION_UNITS = {"": 1, **PERIOD_UNITS}
 
 
 def _duration(value: str | list[str], min: str = "0", max: str | None = None) -> float:  # noqa: A002
@@ -110,9 +111,6 @@ def _host_port(value: str | list[str], why: str = "not host:port") -> str:
     if not colon or not valid_host or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
         raise Invalid(why)
     return value
-
-
-PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _rate(value: str | list[str]) -> Rate | None:
