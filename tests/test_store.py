@@ -103,6 +103,18 @@ def test_expired_claims_are_purged_as_new_ones_are_made(tmp_path):
     assert sorted(key for (key,) in rows) == sorted([*(f"new-{n}" for n in range(PURGE_EVERY)), "old-0"])
 
 
+def test_a_busy_nodes_store_file_stays_a_few_megabytes(tmp_path):
+    """Forms arriving without a pause (a flood, a benchmark): the write-ahead log is copied into the file and
+    started again as it goes, instead of growing by every claim's pages (seen: 770 MB after 4 s)."""
+    store = SqliteStore(tmp_path / "claims.sqlite3")
+    for number in range(5000):
+        store.add(f"form-{number}", "pending", 600, [quota(limit=10**6)])
+        store.settle(f"form-{number}", "pending", "delivered", 600)
+    store.add("last", "pending", 600)
+    files = sum(path.stat().st_size for path in tmp_path.glob("claims.sqlite3*"))
+    assert files < 16 * 2**20
+
+
 def test_the_first_claims_on_a_new_store_never_find_it_locked(tmp_path):
     """A node's first forms: two worker threads open the new SQLite file at the same moment (a double click saw
     'database is locked': SQLite answers a concurrent switch to WAL at once, without waiting)."""
