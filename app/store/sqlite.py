@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app import metrics
 from app.store.base import OverQuota, Quota, StoreError
@@ -17,9 +17,10 @@ from app.store.sqlite_writes import LOCK_TIMEOUT, Settler, WriteLock
 
 log = logging.getLogger("app.store")
 
-# Bytes the write-ahead log file is cut back to once it starts again (SQLite's automatic checkpoint copies it into
-# the file every 1,000 pages, a commit's last step while the node's write lock is still held).
-WAL_SIZE_LIMIT = 4 * 2**20
+# Every CHECKPOINT_EVERY writes of a process (a claim writes about 7 pages of 4 KiB), its settler copies the
+# write-ahead log into the file and the log starts again; the log's file is cut back to WAL_SIZE_LIMIT bytes then.
+CHECKPOINT_EVERY, WAL_SIZE_LIMIT = 200, 8 * 2**20
+CHECKPOINT = object()  # queued for the settler when a checkpoint is due
 PURGE_EVERY, PURGE_BATCH = 8, 64  # every 8th write removes up to 64 expired rows of each table: no endless growth
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, record TEXT NOT NULL, expires REAL NOT NULL)",
@@ -78,8 +79,7 @@ class SqliteStore:
         try:
             _switch_to_wal(connection)
             connection.execute("PRAGMA synchronous=NORMAL")  # a power cut may forget a claim, never corrupt the file
-            # A checkpoint runs in a commit, under the write lock: one beside other writers never copied the whole
-            # log, which then never started again and grew by every claim (770 MB in 4 s of a flood).
+            connection.execute("PRAGMA wal_autocheckpoint=0")  # the settler checkpoints (_checkpoint)
             connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             connection.execute("BEGIN IMMEDIATE")  # the schema in one write transaction
             for statement in SCHEMA:
@@ -120,6 +120,9 @@ class SqliteStore:
                         raise
                     if write:
                         connection.execute("COMMIT")
+                        self._writes += 1
+                        if self._writes % CHECKPOINT_EVERY == 0:
+                            self._settler.put(CHECKPOINT)
                     return result
                 except OverQuota:
                     raise
@@ -148,7 +151,6 @@ class SqliteStore:
 
     def _now_purged(self, connection: sqlite3.Connection) -> float:
         """The time now; every PURGE_EVERY-th write of the process also removes expired rows."""
-        self._writes += 1
         return _purge(connection) if self._writes % PURGE_EVERY == 0 else time.time()
 
     def get(self, key: str) -> str | None:
@@ -171,9 +173,31 @@ class SqliteStore:
         """Queue the swap for the settler, which writes every queued settle in one transaction."""
         self._settler.put((key, old, new, ttl))
 
-    def _settle_all(self, swaps: list[tuple[str, str, str | None, float]]) -> None:
-        """The settler's work: the queued settles in one transaction."""
-        self._run(lambda connection: self._write_settles(connection, swaps))
+    def _settle_all(self, queued: list[Any]) -> None:
+        """The settler's work: the queued settles in one transaction, then a checkpoint when one is due."""
+        swaps = [swap for swap in queued if swap is not CHECKPOINT]
+        if swaps:
+            self._run(lambda connection: self._write_settles(connection, swaps))
+        if len(swaps) < len(queued):
+            try:
+                self._checkpoint()
+            except StoreError as exc:  # the log grows until the next one: a warning, no lost claim
+                metrics.DEDUP_STORE_ERRORS.inc()
+                log.warning("the %s could not copy its write-ahead log into the file: %s", self.description, exc,
+                            extra={"fields": {"event": "dedup_store_error", "operation": "checkpoint",
+                                              "reason": str(exc)}})
+
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead log into the file beside the writers, then what they wrote meanwhile under the write
+        lock, so that the log starts again."""
+        # The log starts again only after a checkpoint that copied all of it, which one beside writers never does
+        # under a steady stream of forms (the log grew by every claim: 770 MB in 4 s of a flood). A checkpoint's
+        # fsyncs hold the node's writes up for some milliseconds: hence one every few hundred writes, not more.
+        def passive(connection: sqlite3.Connection) -> None:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self._run(passive, write=False)
+        with self._writer.held():
+            self._run(passive, write=False)
 
     @staticmethod
     def _write_settles(connection: sqlite3.Connection, swaps: list[tuple[str, str, str | None, float]]) -> None:
