@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scan", action="store_true", help="instead: A with and without [scan] clamd (a real "
                         "clamd), in alternating rounds (w2)")
     parser.add_argument("--shipped", action="store_true", help="instead: A with the shipped duplicate window and "
-                        "quotas against A without them, every form different (w1d), in alternating rounds")
+                        "quotas against A without them, every form different (w1d), in alternating rounds; with "
+                        "--compare, both with them, at REV and here")
     parser.add_argument("--spam", action="store_true", help="instead: A with and without [spam] rspamd (a real "
                         "rspamd), in alternating rounds (w1)")
     args = parser.parse_args(argv)
@@ -142,18 +143,21 @@ def alternate(folder: Path, smtp_port: int, args: argparse.Namespace) -> str:
     variants: dict[str, dict] = {}
     clamd = worktree = rspamd = None
     try:
+        if args.compare:
+            worktree = folder / "worktree"
+            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(worktree), args.compare], cwd=ROOT,
+                           check=True)
         if args.shipped:
             hops = "[server]\nproxy_hops = 1\n"
-            variants = {"without": {"extra": hops}, "shipped": {**SHIPPED, "extra": SHIPPED["extra"] + hops}}
+            shipped = {**SHIPPED, "extra": SHIPPED["extra"] + hops}
+            variants = ({args.compare: {**shipped, "root": worktree}, "here": shipped} if args.compare else
+                        {"without": {"extra": hops}, "shipped": shipped})
             names: tuple[str, ...] = ("w1d",)
         elif args.spam:
             rspamd = Rspamd()
             variants = {"spam off": {}, "spam on": {"extra": f"[spam]\nrspamd = {rspamd.address}\n"}}
             names = ("w1",)
         elif args.compare:
-            worktree = folder / "worktree"
-            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(worktree), args.compare], cwd=ROOT,
-                           check=True)
             variants = {args.compare: {"root": worktree}, "here": {}}
             names = ("w1", "w2")
         else:
