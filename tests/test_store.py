@@ -2,6 +2,9 @@
 real Redis server (Debian's redis-server, in the e2e set), as the `limits` library tests each of its storages."""
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +13,8 @@ import pytest
 
 from app.store import OverQuota, Quota, StoreError
 from app.store.redis import RedisStore
-from app.store.sqlite import PURGE_EVERY, SqliteStore
+from app.store.sqlite import CHECKPOINT, PURGE_EVERY, SqliteStore
+from tests.support import log_lines
 
 
 @pytest.fixture(params=("sqlite", pytest.param("redis", marks=pytest.mark.e2e)))
@@ -117,6 +121,32 @@ def test_a_busy_nodes_store_file_stays_a_few_megabytes(tmp_path):
         claim(number)
     deadline = time.monotonic() + 10  # the log starts again once the settler had its turn: forms go on meanwhile
     while claim(number := number + 1) > 32 * 2**20:
+        assert time.monotonic() < deadline
+
+
+def test_a_checkpoint_kept_from_the_write_lock_is_a_warning_and_the_store_goes_on(tmp_path, caplog):
+    """Another process holds the node's write lock past the timeout while a checkpoint is due: the operator reads
+    why the log was not copied this time, and the next claims and settles are written as ever."""
+    path = tmp_path / "claims.sqlite3"
+    store = SqliteStore(path)
+    store.add("k", "pending", 60)
+    other = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT)
+    with caplog.at_level(logging.WARNING, logger="app"):
+        fcntl.flock(other, fcntl.LOCK_EX)
+        try:
+            store._settler.put(CHECKPOINT)  # as after every CHECKPOINT_EVERY writes
+            deadline = time.monotonic() + 10
+            while not log_lines(caplog, "dedup_store_error"):
+                assert time.monotonic() < deadline
+        finally:
+            fcntl.flock(other, fcntl.LOCK_UN)
+            os.close(other)
+    [line] = log_lines(caplog, "dedup_store_error")
+    assert line["level"] == "WARNING" and line["operation"] == "checkpoint" and "write lock" in line["reason"]
+    assert store.add("k2", "pending", 60)
+    store.settle("k", "pending", "delivered", 60)
+    deadline = time.monotonic() + 10
+    while store.get("k") != "delivered":
         assert time.monotonic() < deadline
 
 
