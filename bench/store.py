@@ -47,29 +47,26 @@ def claim_for(store: SqliteStore, seconds: float, threads: int, tag: str) -> dic
 
 def measure(processes: int, threads: int, seconds: float) -> dict[str, float]:
     """One layout on a new store file: every process's figures added up, and the files' size at the end."""
-    folder = Path(tempfile.mkdtemp(prefix="email-api-store-"))
-    path = folder / "duplicates.sqlite3"
-    children = []
-    for number in range(processes):
-        reader, writer = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # a worker: a store of its own on the shared file, as after gunicorn's fork
-            os.close(reader)
-            figures = claim_for(SqliteStore(path), seconds, threads, f"{number}")
-            os.write(writer, json.dumps(figures).encode())
-            os._exit(0)
-        os.close(writer)
-        children.append((pid, reader))
-    total = {"claims": 0.0, "cpu": 0.0, "switches": 0.0}
-    for pid, reader in children:
-        with os.fdopen(reader) as pipe:
-            for name, value in json.loads(pipe.read()).items():
-                total[name] += value
-        os.waitpid(pid, 0)
-    total["bytes"] = sum(file.stat().st_size for file in folder.glob("duplicates.sqlite3*"))
-    for file in folder.iterdir():
-        file.unlink()
-    folder.rmdir()
+    with tempfile.TemporaryDirectory(prefix="email-api-store-") as name:
+        folder = Path(name)
+        children = []
+        for number in range(processes):
+            reader, writer = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # a worker: a store of its own on the shared file, as after gunicorn's fork
+                os.close(reader)
+                figures = claim_for(SqliteStore(folder / "duplicates.sqlite3"), seconds, threads, f"{number}")
+                os.write(writer, json.dumps(figures).encode())
+                os._exit(0)
+            os.close(writer)
+            children.append((pid, reader))
+        total = {"claims": 0.0, "cpu": 0.0, "switches": 0.0}
+        for pid, reader in children:
+            with os.fdopen(reader) as pipe:
+                for key, value in json.loads(pipe.read()).items():
+                    total[key] += value
+            os.waitpid(pid, 0)
+        total["bytes"] = sum(file.stat().st_size for file in folder.glob("duplicates.sqlite3*"))
     return total
 
 
