@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+from gunicorn.glogging import Logger
+
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # SMTP calls block: threads keep a worker serving while one request waits for the relay.
 worker_class = "gthread"
@@ -36,6 +38,18 @@ logconfig_dict = {
     "loggers": {"gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
                 "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False}},
 }
+
+
+
+class ServiceLogger(Logger):
+    """gunicorn's logger without its access line, which logconfig_dict above sends nowhere: gunicorn would still
+    build every line's fields once logconfig_dict is set (6 % of a worker's time on a small form)."""
+
+    def access(self, resp, req, environ, request_time):
+        pass
+
+
+logger_class = ServiceLogger
 
 # gunicorn 25.1+ opens a control socket for gunicornc under $HOME, which the service user may not have.
 control_socket_disable = True
