@@ -130,6 +130,8 @@ def test_gunicorn_builds_no_access_line_that_the_deploy_config_sends_nowhere(tmp
     for name in ("logconfig_dict", "accesslog", "logger_class"):
         if name in deploy:
             config.set(name, deploy[name])
+    # gunicorn's setup() would apply logconfig_dict to this process's logging: every later test would see it.
+    monkeypatch.setattr(Logger, "setup", lambda logger, config: None)
     logger = config.logger_class(config)
     built = []
     monkeypatch.setattr(Logger, "atoms", lambda *arguments: built.append(arguments) or {})
