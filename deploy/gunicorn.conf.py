@@ -40,7 +40,6 @@ logconfig_dict = {
 }
 
 
-
 class ServiceLogger(Logger):
     """gunicorn's logger without its access line, which logconfig_dict above sends nowhere: gunicorn would still
     build every line's fields once logconfig_dict is set (6 % of a worker's time on a small form)."""

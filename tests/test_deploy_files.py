@@ -1,7 +1,11 @@
 """What the shipped deployment files and their documentation promise together, read from the files themselves."""
 import re
+import runpy
 import subprocess
+from datetime import timedelta
 
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
 from support import ROOT, free_port, system_program
 
 from app.options.model import DELIVERY_TIMEOUTS
@@ -118,12 +122,6 @@ def test_gunicorn_builds_no_access_line_that_the_deploy_config_sends_nowhere(tmp
     """The service writes its own line per request, so the deploy config gives gunicorn's access log no handler;
     gunicorn would still build every line's fields (6 % of a worker's time on a small form) once logconfig_dict
     is set."""
-    import runpy
-    from datetime import timedelta
-
-    from gunicorn.config import Config
-    from gunicorn.glogging import Logger
-
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     deploy = runpy.run_path(str(ROOT / "deploy" / "gunicorn.conf.py"))
     config = Config()
