@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from app import metrics
 from app.store.base import OverQuota, Quota, StoreError
-from app.store.sqlite_writes import LOCK_TIMEOUT, Settler, WriteLock
+from app.store.sqlite_writes import LOCK_TIMEOUT, Settler, WriteLock, warn_store_error
 
 log = logging.getLogger("app.store")
 
@@ -182,10 +182,8 @@ class SqliteStore:
             try:
                 self._checkpoint()
             except StoreError as exc:  # the log grows until the next one: a warning, no lost claim
-                metrics.DEDUP_STORE_ERRORS.inc()
-                log.warning("the %s could not copy its write-ahead log into the file: %s", self.description, exc,
-                            extra={"fields": {"event": "dedup_store_error", "operation": "checkpoint",
-                                              "reason": str(exc)}})
+                warn_store_error("checkpoint", exc, "the %s could not copy its write-ahead log into the file: %s",
+                                 self.description, exc)
 
     def _checkpoint(self) -> None:
         """Copy the write-ahead log into the file beside the writers, then what they wrote meanwhile under the write

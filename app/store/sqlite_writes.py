@@ -102,7 +102,12 @@ class Settler:
         try:
             self._write(batch)
         except StoreError as exc:
-            metrics.DEDUP_STORE_ERRORS.inc()
-            log.warning("the duplicate store failed to settle %d claims: %s; their forms' resends are delivered "
-                        "again once one delivery's bound has passed", len(batch), exc, extra={"fields": {
-                            "event": "dedup_store_error", "operation": "settle claims", "reason": str(exc)}})
+            warn_store_error("settle claims", exc, "the duplicate store failed to settle %d claims: %s; their forms' "
+                             "resends are delivered again once one delivery's bound has passed", len(batch), exc)
+
+
+def warn_store_error(operation: str, error: StoreError, message: str, *arguments: object) -> None:
+    """Count and log, as a WARNING, a failure of the SQLite store's background work (no form waits for it)."""
+    metrics.DEDUP_STORE_ERRORS.inc()
+    log.warning(message, *arguments, extra={"fields": {"event": "dedup_store_error", "operation": operation,
+                                                       "reason": str(error)}})
