@@ -159,6 +159,22 @@ def test_the_first_claims_on_a_new_store_never_find_it_locked(tmp_path):
             assert list(pool.map(store.add, ("k0", "k1"), ("{}", "{}"), (60, 60))) == [True, True]
 
 
+def test_a_new_process_reads_the_store_while_another_holds_a_write_open(tmp_path):
+    """A worker stopped in the middle of a claim (or a disk that stalls) holds the file's write lock: another
+    worker's first look at a claim and the probe's check still read at once, as a write-ahead log lets readers do."""
+    path = tmp_path / "claims.sqlite3"
+    SqliteStore(path).add("k", "delivered", 60)
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        later = SqliteStore(path)  # as in a worker started meanwhile: no connection of its own yet
+        assert later.get("k") == "delivered"
+        later.check()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
 def quota(limit: int = 3, period: float = 3600, key: str = "client:203.0.113.7") -> Quota:
     return Quota("client", key, limit, period)
 

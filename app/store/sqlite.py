@@ -81,10 +81,14 @@ class SqliteStore:
             connection.execute("PRAGMA synchronous=NORMAL")  # a power cut may forget a claim, never corrupt the file
             connection.execute("PRAGMA wal_autocheckpoint=0")  # the settler checkpoints (_checkpoint)
             connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            connection.execute("BEGIN IMMEDIATE")  # the schema in one write transaction
-            for statement in SCHEMA:
-                connection.execute(statement)
-            connection.execute("COMMIT")
+            # A read of the schema, so that a reader never waits for another process's write; it is written, in one
+            # transaction under the node's write lock, only into a file that lacks it (its last index comes last).
+            if not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'hits_by_expiry'").fetchone():
+                with self._writer.held():
+                    connection.execute("BEGIN IMMEDIATE")
+                    for statement in SCHEMA:
+                        connection.execute(statement)
+                    connection.execute("COMMIT")
         except BaseException:
             connection.close()
             raise

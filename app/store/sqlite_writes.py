@@ -32,10 +32,15 @@ class WriteLock:
         self.path = path
         self._threads = threading.Lock()
         self._fd, self._pid = -1, 0
+        self._holder: int | None = None  # the thread that holds it
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """Hold the write lock of the node, or raise StoreError after LOCK_TIMEOUT."""
+        """Hold the write lock of the node (already held by this thread: nothing more), or raise StoreError after
+        LOCK_TIMEOUT."""
+        if self._holder == threading.get_ident():
+            yield
+            return
         deadline = time.monotonic() + LOCK_TIMEOUT
         if not self._threads.acquire(timeout=LOCK_TIMEOUT):
             raise StoreError(f"no write turn within {LOCK_TIMEOUT:g} s")
@@ -50,9 +55,11 @@ class WriteLock:
                     if time.monotonic() > deadline:
                         raise StoreError(f"another process held the write lock for {LOCK_TIMEOUT:g} s") from None
                     time.sleep(LOCK_POLL)
+            self._holder = threading.get_ident()
             try:
                 yield
             finally:
+                self._holder = None
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
