@@ -30,6 +30,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS hits_by_quota ON hits (quota, at)",
     "CREATE INDEX IF NOT EXISTS hits_by_expiry ON hits (expires)",
 )
+SCHEMA_NAMES = tuple(statement.split()[5] for statement in SCHEMA)  # the name after "CREATE … IF NOT EXISTS"
 T = TypeVar("T")
 
 
@@ -82,8 +83,10 @@ class SqliteStore:
             connection.execute("PRAGMA wal_autocheckpoint=0")  # the settler checkpoints (_checkpoint)
             connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             # A read of the schema, so that a reader never waits for another process's write; it is written, in one
-            # transaction under the node's write lock, only into a file that lacks it (its last index comes last).
-            if not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'hits_by_expiry'").fetchone():
+            # transaction under the node's write lock, only into a file that lacks some of it.
+            [(found,)] = connection.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN "
+                                            f"({', '.join('?' * len(SCHEMA_NAMES))})", SCHEMA_NAMES)
+            if found < len(SCHEMA_NAMES):
                 with self._writer.held():
                     connection.execute("BEGIN IMMEDIATE")
                     for statement in SCHEMA:
