@@ -70,6 +70,12 @@ def post_form(client: Any, service: str = "support", extra: Sequence[tuple[str, 
     return client.post(path, data=body, content_type=content_type, headers=headers or {})
 
 
+def encoded_form(**changes: str) -> tuple[bytes, dict[str, str]]:
+    """The known-good form changed by keyword, encoded for a real HTTP client: its body and headers."""
+    body, content_type = multipart(list({**GOOD_FORM, **changes}.items()))
+    return body, {"Content-Type": content_type}
+
+
 def composed(options: Path, service_name: str = "support", **changes: str) -> tuple[OutgoingEmail, SmtpOptions]:
     """The known-good form (changed by keyword) read, validated and composed as the view does, without Flask: the
     email deliver() is given, and the [smtp] options to give it with."""

@@ -11,15 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import OptionsFile
-from support import GOOD_FORM, REDIS_PASSWORD, Gunicorn, log_lines, metric, multipart
+from support import REDIS_PASSWORD, Gunicorn, encoded_form, log_lines, metric
 
 from app import create_app
 from app.metrics import exposition
-
-
-def form(**changes: str) -> tuple[bytes, dict[str, str]]:
-    body, content_type = multipart(list({**GOOD_FORM, **changes}.items()))
-    return body, {"Content-Type": content_type}
 
 
 def http_get(port: int, path: str) -> str:
@@ -44,7 +39,7 @@ def node(tmp_path, name: str, smtp_port: int, store: str):
 def test_two_nodes_sharing_redis_deliver_a_resend_once(redis_server, tmp_path, smtp_server, monkeypatch):
     first_node = create_app(node(tmp_path, "a", smtp_server.port, redis_server.url).path).test_client()
     second = node(tmp_path, "b", smtp_server.port, redis_server.url)
-    body, headers = form()
+    body, headers = encoded_form()
     first = first_node.post("/genesys/2/email/support", data=body, headers=headers).get_json()
     other_node = Gunicorn(second.path, tmp_path / "b", ("-w", "1"), workers=1)
     try:
@@ -60,7 +55,7 @@ def test_a_double_click_through_redis_is_one_email(redis_server, options_file, c
     options_file.write(email={"duplicate_window": "10m"}, smtp={"timeout": "5"},
                        server={"dedup_store": f'"{redis_server.url}"'})
     smtp_server.delays["END"] = 0.5
-    body, headers = form()
+    body, headers = encoded_form()
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda _: client.post("/genesys/2/email/support", data=body, headers=headers)
                                 .get_json(), range(2)))
@@ -70,7 +65,7 @@ def test_a_double_click_through_redis_is_one_email(redis_server, options_file, c
 
 def test_redis_stopped_mid_run_never_stops_a_delivery(redis_server, options_file, client, smtp_server, caplog):
     options_file.write(email={"duplicate_window": "10m"}, server={"dedup_store": f'"{redis_server.url}"'})
-    body, headers = form()
+    body, headers = encoded_form()
     before = metric(exposition()[0].decode(), "email_dedup_store_errors_total")
     with caplog.at_level(logging.INFO, logger="app"):
         first = client.post("/genesys/2/email/support", data=body, headers=headers).get_json()
@@ -88,7 +83,7 @@ def test_a_wrong_redis_password_is_a_store_error_that_names_no_password(redis_se
                                                                        smtp_server, caplog):
     wrong = redis_server.url.replace(REDIS_PASSWORD, "not-the-password")
     options_file.write(email={"duplicate_window": "10m"}, server={"dedup_store": f'"{wrong}"'})
-    body, headers = form()
+    body, headers = encoded_form()
     with caplog.at_level(logging.INFO, logger="app"):
         assert client.post("/genesys/2/email/support", data=body, headers=headers).get_json()["statusCode"] == 0
     assert "dedup_store_error" in caplog.text or any(
@@ -102,9 +97,10 @@ def test_a_claim_that_lands_after_its_store_timed_out_names_the_email_delivered_
     the email carries the id that claim names, and the claim is settled, so that the resend is a duplicate."""
     options_file.write(email={"duplicate_window": "10m"}, smtp={"timeout": "1"},
                        server={"dedup_store": f'"{redis_server.url}"'})
-    earlier_body, earlier_headers = form(userData="earlier")  # the service is connected to Redis, as it is in use
+    # the service is connected to Redis, as it is in use
+    earlier_body, earlier_headers = encoded_form(userData="earlier")
     assert client.post("/genesys/2/email/support", data=earlier_body, headers=earlier_headers).status_code == 200
-    body, headers = form()
+    body, headers = encoded_form()
     with caplog.at_level(logging.INFO, logger="app"), redis_server.asleep(1.5):
         first = client.post("/genesys/2/email/support", data=body, headers=headers).get_json()
     again = client.post("/genesys/2/email/support", data=body, headers=headers).get_json()
@@ -124,7 +120,7 @@ def test_a_client_that_gives_up_and_resends_gets_one_email_and_the_first_id(tmp_
     options_file.write(email={"duplicate_window": "10m"}, smtp={"timeout": "5"})
     smtp_server.delays["END"] = 1.5
     node = Gunicorn(options_file.path, tmp_path, arguments)
-    body, headers = form()
+    body, headers = encoded_form()
     try:
         with pytest.raises(TimeoutError):
             node.post(body, headers, timeout=0.5)
@@ -142,7 +138,7 @@ def test_a_delivery_cut_off_by_its_workers_death_is_resent_with_the_same_id_and_
     options_file.write(email={"duplicate_window": "10m"}, smtp={"timeout": "1"})
     node = Gunicorn(options_file.path, tmp_path)
     workers = node.workers()
-    body, headers = form()
+    body, headers = encoded_form()
 
     def kill_the_workers() -> None:  # the relay has the message; its 250 reaches no one
         smtp_server.on_message = None
@@ -185,7 +181,8 @@ def test_a_deleted_sqlite_store_is_noticed_by_every_worker_and_replaced_by_one_n
     smtp_server.delays["END"] = 0.5
     node = Gunicorn(options_file.path, tmp_path, ("-w", "2"))
     try:
-        in_both_workers(node, smtp_server, form(userData="warm-1"), form(userData="warm-2"))  # both open the store
+        # both workers open the store
+        in_both_workers(node, smtp_server, encoded_form(userData="warm-1"), encoded_form(userData="warm-2"))
         sent_before = len(smtp_server.messages)
         for path in (tmp_path / "state").glob("duplicates.sqlite3*"):
             path.unlink()
@@ -193,7 +190,7 @@ def test_a_deleted_sqlite_store_is_noticed_by_every_worker_and_replaced_by_one_n
         os.kill(crashed, signal.SIGKILL)
         node.wait_for_workers(replacing={crashed})
         answers = [{answer["interactionId"] for answer in in_both_workers(node, smtp_server, copy, copy)}
-                   for copy in (form(userData=f"pair={n}") for n in range(3))]
+                   for copy in (encoded_form(userData=f"pair={n}") for n in range(3))]
         page = http_get(node.port, "/metrics")
     finally:
         log = node.stop()

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import OptionsFile
-from support import GOOD_FORM, ROOT, Gunicorn, codes, log_lines, metric, multipart, post_form
+from support import DEPLOY_CONFIG, ROOT, Gunicorn, codes, encoded_form, log_lines, metric, post_form
 
 from app import create_app
 from app.metrics import exposition
@@ -110,21 +110,18 @@ def test_a_rate_is_n_per_period(options_file, client, value, valid):
     assert main([str(options_file.path)]) == (0 if valid else 1)
 
 
-def form(subject: str) -> tuple[bytes, dict[str, str]]:
-    body, content_type = multipart(list({**GOOD_FORM, "subject": subject}.items()))
-    return body, {"Content-Type": content_type}
-
-
 @pytest.mark.e2e
+@pytest.mark.parametrize("arguments", (("-w", "2", "--threads", "4", "-k", "gthread"), DEPLOY_CONFIG),
+                         ids=("gthread", "deploy"))
 def test_concurrent_posts_from_one_address_through_gunicorn_never_get_past_the_quota(tmp_path, options_file,
-                                                                                  smtp_server):
+                                                                                  smtp_server, arguments):
     """Two workers count together in the node's SQLite file: of 24 different forms posted at once from one
     address, exactly 5 are delivered."""
     options_file.write(limits={"per_client": "5/h"})
-    node = Gunicorn(options_file.path, tmp_path, ("-w", "2", "--threads", "4", "-k", "gthread"))
+    node = Gunicorn(options_file.path, tmp_path, arguments)
     try:
         with ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(lambda n: node.post(*form(f"question {n}"))[0], range(24)))
+            statuses = list(pool.map(lambda n: node.post(*encoded_form(subject=f"question {n}"))[0], range(24)))
     finally:
         node.stop()
     assert sorted(statuses) == [200] * 5 + [429] * 19
@@ -148,7 +145,7 @@ def test_two_nodes_sharing_redis_count_together(redis_server, tmp_path, smtp_ser
 def test_a_client_without_an_address_is_counted_as_it_is_and_never_an_error(options_file, client, smtp_server):
     """A server that hands over no client address (gunicorn on a Unix socket): the exempt list cannot match it."""
     options_file.write(limits={"per_client": "1/h", "exempt": "10.0.0.0/8"})
-    body, content_type = multipart(list(GOOD_FORM.items()))
-    answers = [client.post("/genesys/2/email/support", data=body, content_type=content_type,
+    body, headers = encoded_form()
+    answers = [client.post("/genesys/2/email/support", data=body, headers=headers,
                            environ_base={"REMOTE_ADDR": ""}) for _ in range(2)]
     assert [answer.status_code for answer in answers] == [200, 429]

@@ -10,11 +10,12 @@ import re
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from support import DATA, PDF, ROOT, Gunicorn, free_port, multipart
+from support import DATA, PDF, ROOT, Gunicorn, encoded_form, free_port, multipart
 
 
 def start(command: list[str], ready: str, env: dict[str, str]) -> subprocess.Popen:
@@ -152,3 +153,26 @@ def test_the_local_run_says_its_version():
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert re.fullmatch(r"python -m app \d+\.\d+\.\d+ \(commit [0-9a-f]{40}\)\n", result.stdout)
     assert commit in result.stdout
+
+
+@pytest.mark.e2e
+def test_a_request_waiting_on_a_stalled_relay_leaves_its_worker_to_the_next_request(options_file, tmp_path,
+                                                                                      smtp_server):
+    """The deploy config's worker runs its requests in turns; one that waits on the relay (here until its 10 s
+    timeout) does not keep the turn from the next one, which is delivered meanwhile by the same worker."""
+    options_file.write(smtp={"timeout": "10"})
+    node = Gunicorn(options_file.path, tmp_path, workers=1)
+    try:
+        smtp_server.faults["END"] = "stall"
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(node.post, *encoded_form(subject="the first question"))
+            assert smtp_server.reached["END"].wait(30)
+            del smtp_server.faults["END"]
+            status, answer = node.post(*encoded_form(subject="the second question"))
+            answered_meanwhile = not first.done()
+            assert (status, answer["statusCode"], answered_meanwhile) == (200, 0, True)
+            assert first.result()[1]["statusCode"] == 1
+    finally:
+        node.stop()
+    assert [message.raw.count(b"the second question") for message in smtp_server.messages] == [1]
+
