@@ -19,6 +19,7 @@ def create_app(options_path: str | Path | None = None, relay: tuple[str, int] | 
     from app.metrics import DIGEST_LENGTH
     from app.options.store import OptionsStore
     from app.probes import PROBER
+    from app.turns import InTurns
     from app.web import cors, email_api, node, request_log, responses, status_page
     from app.web.request_options import OptionsPerRequest
 
@@ -36,7 +37,7 @@ def create_app(options_path: str | Path | None = None, relay: tuple[str, int] | 
     count_every_service()
     store.subscribe(count_every_service)
     PROBER.start(lambda: store.in_force.options)
-    app.wsgi_app = OptionsPerRequest(app.wsgi_app, store)  # type: ignore[method-assign]
+    app.wsgi_app = OptionsPerRequest(InTurns(app.wsgi_app), store)  # type: ignore[method-assign]
     request_log.register(app)
     cors.register(app)
     responses.register(app)

@@ -28,6 +28,7 @@ from app.quotas import refusal
 from app.rules import LINE_END
 from app.store import OverQuota, Quota, Store, StoreError, open_store
 from app.submission import Submission
+from app.turns import TURNS
 
 log = logging.getLogger(__name__)
 PENDING, DELIVERED, AMBIGUOUS = "pending", "delivered", "ambiguous"
@@ -220,7 +221,8 @@ def _claim(claimed: Claim, bound: float, quotas: Sequence[Quota]) -> None:
             return
         if (first is not None and first["state"] == PENDING and first["until"] > time.time()
                 and time.monotonic() < patience):
-            time.sleep(POLL)
+            with TURNS.given_away():
+                time.sleep(POLL)
             continue
         # Ambiguous, or pending past its bound (its process died): deliver again under the same id and Message-ID.
         again = first["id"] if first is not None else claimed.interaction_id

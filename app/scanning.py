@@ -19,6 +19,7 @@ from app.errors import FILE_TYPE_NOT_ALLOWED, ApiError, Problem, RetryLater
 from app.options.model import ScanOptions
 from app.recent import RECENT
 from app.rules import host_and_port
+from app.turns import TURNS
 
 log = logging.getLogger(__name__)
 INSTREAM_CHUNK = 64 * 1024  # bytes per INSTREAM chunk
@@ -48,7 +49,7 @@ def _session(address: str, deadline: float) -> Iterator[socket.socket]:
             sock = socket.create_connection(host_and_port(address), timeout=timeout)
     except OSError as exc:
         raise ScanFailed(f"clamd at {address} cannot be reached: {exc.strerror or exc}") from None
-    with sock, DEADLINES.cut_off(sock, deadline) as watch:
+    with sock, DEADLINES.cut_off(sock, deadline) as watch, TURNS.given_away():
         try:
             sock.sendall(b"zIDSESSION\0")
             yield sock

@@ -14,6 +14,7 @@ from app.mail.message import OutgoingEmail
 from app.options.model import SpamOptions
 from app.recent import RECENT
 from app.rules import host_and_port
+from app.turns import TURNS
 
 log = logging.getLogger(__name__)
 ACTIONS = ("no action", "greylist", "add header", "rewrite subject", "soft reject", "reject")
@@ -45,7 +46,7 @@ def _ask(email: OutgoingEmail, client: str, spam: SpamOptions) -> Verdict:
     try:
         connection.connect()
         assert connection.sock is not None
-        with DEADLINES.cut_off(connection.sock, deadline):
+        with DEADLINES.cut_off(connection.sock, deadline), TURNS.given_away():
             connection.putrequest("POST", "/checkv2", skip_accept_encoding=True)
             headers = {"Content-Length": str(email.envelope.size), "IP": client, "From": email.envelope.mail_from,
                        "Rcpt": email.envelope.rcpt_to, "Queue-Id": email.interaction_id, "Settings-ID": SETTINGS_ID}

@@ -6,16 +6,13 @@ gthread workers keep beating while a request waits, so gunicorn's `timeout` neve
 """
 import os
 import re
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gunicorn.glogging import Logger
-from gunicorn.workers.gthread import ThreadWorker
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-# SMTP calls block: threads keep a worker serving while one request waits for the relay (worker_class: gthread's
-# worker whose threads take turns, below).
+# SMTP calls block: threads keep a worker serving while one request waits for the relay.
+worker_class = "gthread"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 60
@@ -52,43 +49,6 @@ class ServiceLogger(Logger):
 
 
 logger_class = ServiceLogger
-
-# Seconds a request waits for its worker's turn: a request that keeps it longer is waiting on a relay, a scanner or
-# a slow client, and the others run beside it, as they would in gunicorn's own gthread worker.
-TURN_WAIT = 0.02
-
-
-class TurnTakingPool(ThreadPoolExecutor):
-    """A worker's request threads, which take turns: one runs while the others wait for it (TURN_WAIT at most)."""
-
-    # Threads that run together hand Python's interpreter lock to each other at every system call (a read, a write,
-    # each SQLite step): on a busy node that took a third of a worker's CPU. Taking turns makes it one hand-over for
-    # each request, and a worker serves 20-40 % more forms (docs/benchmarks.md).
-
-    def __init__(self, max_workers: int) -> None:
-        super().__init__(max_workers=max_workers)
-        self._turn = threading.Lock()
-
-    def submit(self, fn, /, *args, **kwargs):
-        return super().submit(self._in_turn, fn, *args, **kwargs)
-
-    def _in_turn(self, fn, *args, **kwargs):
-        has_turn = self._turn.acquire(timeout=TURN_WAIT)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if has_turn:
-                self._turn.release()
-
-
-class TurnTakingWorker(ThreadWorker):
-    """gunicorn's gthread worker, its requests taking turns (gunicorn's documented hook for its thread pool)."""
-
-    def get_thread_pool(self):
-        return TurnTakingPool(self.cfg.threads)
-
-
-worker_class = TurnTakingWorker
 
 # gunicorn 25.1+ opens a control socket for gunicornc under $HOME, which the service user may not have.
 control_socket_disable = True

@@ -2,6 +2,7 @@
 envelope (pipelined when offered, with SIZE), the dot-stuffed message, and the end of DATA."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import smtplib
@@ -15,6 +16,7 @@ from typing import Any
 from app.deadlines import DEADLINES
 from app.mail.message import Envelope
 from app.options.model import SmtpOptions
+from app.turns import TURNS
 
 IDLE_LIMIT = 30  # seconds a kept session may rest; relays close idle ones (Postfix after 300 s)
 EXPECTED_REPLIES = {"MAIL": (250,), "RCPT": (250, 251), "DATA": (354,)}
@@ -185,16 +187,17 @@ class RelaySession:
             if pipelining:
                 with _stage(commands[0][0]):
                     self.client.send("".join(f"{command}\r\n" for _, command in commands).encode("ascii"))
-            for stage, command in commands:
-                with _stage(stage):
-                    code, text = self.client.getreply() if pipelining else self.client.docmd(command)
-                if stage == "RSET":
-                    if code != 250:
-                        raise SessionBroken()
-                    continue
-                replies.append((stage, code, text))
-                if code not in EXPECTED_REPLIES[stage] and not pipelining:
-                    break
+            with TURNS.awaiting(self.client.sock) if pipelining else contextlib.nullcontext():
+                for stage, command in commands:
+                    with _stage(stage):
+                        code, text = self.client.getreply() if pipelining else self.client.docmd(command)
+                    if stage == "RSET":
+                        if code != 250:
+                            raise SessionBroken()
+                        continue
+                    replies.append((stage, code, text))
+                    if code not in EXPECTED_REPLIES[stage] and not pipelining:
+                        break
         except RelayBroke as broke:
             if broke.stage == "RSET":  # the kept session broke while it rested
                 raise SessionBroken() from None
@@ -219,7 +222,7 @@ class RelaySession:
 
     def read_end(self) -> tuple[int, bytes]:
         """The relay's reply to the end of DATA."""
-        with _stage("END"):
+        with _stage("END"), TURNS.awaiting(self.client.sock):  # a relay's disk may take a while over it
             return self.client.getreply()
 
     def quit(self) -> None:
