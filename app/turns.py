@@ -13,7 +13,7 @@ from typing import Any
 # Threads that run together hand the interpreter lock over at each read, write and SQLite step: on a busy node that
 # took a third of a worker's CPU (docs/benchmarks.md). Taking turns makes it one hand-over a request.
 TURN_WAIT = 0.02  # seconds a request waits for the turn; past that the holder is waiting, and it runs beside it
-PATIENCE = 0.0005  # seconds a reply may take before its request gives the turn away (a local relay answers sooner)
+PATIENCE = 0.001  # seconds a reply may take before its request gives the turn away (poll() counts milliseconds)
 SMALL_BODY = 64 * 1024  # bytes; a larger body is read and composed without the turn, as it was before turns
 
 
@@ -63,7 +63,7 @@ class Turns:
     @contextlib.contextmanager
     def awaiting(self, sock: socket.socket | None) -> Iterator[None]:
         """Run a block that reads a reply from `sock`, without the turn if none is there within PATIENCE."""
-        if not self._has() or sock is None or select.select([sock], [], [], PATIENCE)[0]:
+        if not self._has() or sock is None or _readable(sock, PATIENCE):
             yield
             return
         with self.given_away():
@@ -71,6 +71,13 @@ class Turns:
 
 
 TURNS = Turns()
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    # poll(), not select(): a busy worker's descriptors pass select()'s limit of 1024.
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 class InTurns:

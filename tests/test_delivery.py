@@ -1,5 +1,7 @@
 """SMTP outcomes (contract section 4): statusCode 0 only after a 250 to the end of DATA, and what each failure means."""
 import logging
+import os
+import resource
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -40,6 +42,22 @@ def test_lines_starting_with_a_dot_arrive_intact(submit, smtp_server):
     text = ".\r\n..two\r\n.three\r\nend"
     assert submit(text=text).get_json()["statusCode"] == 0
     assert smtp_server.messages[0].email.get_content() == text + "\r\n"
+
+
+def test_a_relay_connection_numbered_past_1023_is_delivered(submit, smtp_server):
+    """A busy worker's descriptors pass select()'s limit of 1024; waiting for the relay's reply must not need it."""
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limits[1] != resource.RLIM_INFINITY and limits[1] < 1100:
+        pytest.skip("this machine allows fewer than 1100 open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(limits[0], 1100), limits[1]))
+    taken = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]  # the relay's socket comes after these
+    try:
+        assert submit().get_json()["statusCode"] == 0
+    finally:
+        for descriptor in taken:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+    assert len(smtp_server.messages) == 1
 
 
 @pytest.mark.parametrize("security", ("starttls", "ssl"))
