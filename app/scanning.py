@@ -49,7 +49,7 @@ def _session(address: str, deadline: float) -> Iterator[socket.socket]:
             sock = socket.create_connection(host_and_port(address), timeout=timeout)
     except OSError as exc:
         raise ScanFailed(f"clamd at {address} cannot be reached: {exc.strerror or exc}") from None
-    with sock, DEADLINES.cut_off(sock, deadline) as watch, TURNS.given_away():
+    with sock, DEADLINES.cut_off(sock, deadline) as watch:
         try:
             sock.sendall(b"zIDSESSION\0")
             yield sock
@@ -118,7 +118,8 @@ def scan_attachments(attachments: list[Attachment], scan: ScanOptions) -> float:
     _refuse_unscannable(attachments)
     started = time.monotonic()
     try:
-        found = infected(attachments, scan.clamd, scan.timeout)
+        with TURNS.given_away():  # from the connect on: clamd takes milliseconds a file, more when busy
+            found = infected(attachments, scan.clamd, scan.timeout)
     except ScanFailed as exc:
         metrics.SCANS.labels("error").inc()
         RECENT.failure("virus scan", "", str(exc))

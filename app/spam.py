@@ -46,7 +46,7 @@ def _ask(email: OutgoingEmail, client: str, spam: SpamOptions) -> Verdict:
     try:
         connection.connect()
         assert connection.sock is not None
-        with DEADLINES.cut_off(connection.sock, deadline), TURNS.given_away():
+        with DEADLINES.cut_off(connection.sock, deadline):
             connection.putrequest("POST", "/checkv2", skip_accept_encoding=True)
             headers = {"Content-Length": str(email.envelope.size), "IP": client, "From": email.envelope.mail_from,
                        "Rcpt": email.envelope.rcpt_to, "Queue-Id": email.interaction_id, "Settings-ID": SETTINGS_ID}
@@ -93,7 +93,8 @@ def check_spam(email: OutgoingEmail, client: str, spam: SpamOptions) -> Verdict 
     if not spam.rspamd:
         return None
     try:
-        verdict = _ask(email, client, spam)
+        with TURNS.given_away():  # from the connect on: rspamd takes milliseconds, more when busy
+            verdict = _ask(email, client, spam)
     except SpamCheckFailed as exc:
         metrics.labelled(metrics.SPAM_CHECKS, "error").inc()
         RECENT.failure("spam check", email.interaction_id, str(exc))
