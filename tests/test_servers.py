@@ -158,8 +158,8 @@ def test_the_local_run_says_its_version():
 @pytest.mark.e2e
 def test_a_request_waiting_on_a_stalled_relay_leaves_its_worker_to_the_next_request(options_file, tmp_path,
                                                                                       smtp_server):
-    """The deploy config's worker runs its requests in turns; one that waits on the relay (here until its 10 s
-    timeout) does not keep the turn from the next one, which is delivered meanwhile by the same worker."""
+    """Under the deploy config a worker's requests take turns (app/turns.py); one that waits on the relay (here
+    until its 10 s timeout) does not keep the turn from the next one, which the same worker delivers meanwhile."""
     options_file.write(smtp={"timeout": "10"})
     node = Gunicorn(options_file.path, tmp_path, workers=1)
     try:
