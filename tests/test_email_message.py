@@ -3,7 +3,7 @@ from email.header import decode_header, make_header
 from email.utils import parseaddr
 
 import pytest
-from support import codes, raw_header
+from support import PDF, PNG, codes, raw_header
 
 
 def test_headers_carry_the_customer_and_the_request(submit, smtp_server):
@@ -36,6 +36,24 @@ def test_the_email_is_seven_bit_clean_and_reads_back_exactly(submit, smtp_server
     assert max(received.raw) < 128
     assert received.email.get_body(("plain",)).get_content().replace("\r\n", "\n") == text.replace("\r\n", "\n") + "\n"
     assert received.email["Subject"] == "Facture n°17"
+
+
+@pytest.mark.parametrize("from_header", ["customer", "service"])
+@pytest.mark.parametrize("files", [[], [("scan.pdf", PDF), ("photo.png", PNG)]])
+def test_every_header_a_message_may_have_once_is_there_once(options_file, submit, smtp_server, from_header, files):
+    """Two From or Content-Type lines would leave each mail client to pick one (RFC 5322 section 3.6)."""
+    options_file.write(email={"from_header": from_header}, smtp={"envelope_from": "bounces@example.com"})
+    assert submit(files=files).get_json()["statusCode"] == 0
+    email = smtp_server.messages[0].email
+    names = [name.lower() for name in email.keys()]
+    once = ["from", "sender", "to", "subject", "date", "message-id", "mime-version", "content-type",
+            *(["reply-to"] if from_header == "service" else []), "x-genesys-interaction-id"]
+    assert {name: names.count(name) for name in once} == dict.fromkeys(once, 1)
+    for part in email.walk():
+        part_names = [name.lower() for name in part.keys()]
+        assert part_names.count("content-type") == 1
+        assert part_names.count("content-transfer-encoding") <= 1
+    assert len(list(email.iter_attachments())) == len(files)
 
 
 def test_envelope_from_sets_sender_and_mail_from(options_file, submit, smtp_server):

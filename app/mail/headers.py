@@ -35,8 +35,16 @@ class _CachedHeaderRegistry(HeaderRegistry):
         return self._classes[key]
 
 
+class _ComposingPolicy(policy.EmailPolicy):
+    """The SMTP policy for the messages composed here, which set each header once by construction."""
+
+    def header_max_count(self, name: str) -> None:
+        # The email package would scan every header already set, for each header that may appear once.
+        return None
+
+
 # 7bit: a non-ASCII body is quoted-printable or base64, so the message passes any relay without 8BITMIME.
-POLICY = policy.SMTP.clone(cte_type="7bit", header_factory=_CachedHeaderRegistry())
+POLICY = _ComposingPolicy(linesep="\r\n", cte_type="7bit", header_factory=_CachedHeaderRegistry())
 
 
 class _Prewritten(str):
